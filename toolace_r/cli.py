@@ -1,0 +1,80 @@
+"""`toolace-r` — one entry point, one subcommand per stage of the method.
+
+Every subcommand that runs part of the method takes `--config FILE` and trailing `key=value` overrides of the typed
+config (toolace_r/config.py). Heavy imports (torch, ray) happen inside the command, so `--help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from toolace_r.errors import ToolaceError
+
+# subcommand -> (module, function, help). The function takes (args, cfg) where cfg is the loaded Config or None.
+COMMANDS = {
+    "run": ("toolace_r.driver", "run_command", "run the iterative ToolACE-R loop: probe → select → corpus → train → eval"),
+    "probe": ("toolace_r.probe", "probe_command", "probe a pool with a model: k sampled answers, pass rate per sample"),
+    "select": ("toolace_r.select", "select_command", "model-aware selection from probe results"),
+    "train": ("toolace_r.train", "train_command", "fine-tune on samples with Ray Train + DeepSpeed ZeRO"),
+    "eval": ("toolace_r.evaluate", "eval_command", "evaluate single-pass and adaptive refinement accuracy per category"),
+    "serve": ("toolace_r.serve", "serve_command", "serve a model behind an OpenAI-compatible /v1/chat/completions"),
+    "check": ("toolace_r.calls.cli", "check_command", "judge raw model outputs against BFCL ground truth (AST checker)"),
+    "tiny-model": ("toolace_r.models", "tiny_model_command", "build a tiny local Llama model + tokenizer from pool text"),
+    "ablate": ("toolace_r.ablation", "ablate_command", "run the ablation arms side by side and report"),
+}
+TAKES_CONFIG = {"run", "probe", "select", "train", "eval", "serve", "tiny-model", "ablate"}
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="job YAML (see jobs/); schema defaults when omitted")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. probe.k=4 run.dir=runs/x")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolace-r", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {name: sub.add_parser(name, help=help_, description=help_) for name, (_, _, help_) in COMMANDS.items()}
+    for name in TAKES_CONFIG:
+        _add_config_args(parsers[name])
+    parsers["probe"].add_argument("--out", help="output directory (default: run.dir/probe)")
+    parsers["select"].add_argument("--probe", required=True, help="probe results (parquet dir or file)")
+    parsers["select"].add_argument("--out", help="output directory (default: next to the probe results)")
+    parsers["select"].add_argument("--iteration", type=int, default=1, help="iteration number (0 = seed subset)")
+    parsers["train"].add_argument("--data", help="training samples (a pool file / dir, or a corpus written by the driver)")
+    parsers["train"].add_argument("--out", help="output directory for the trained model and metrics")
+    parsers["eval"].add_argument("--model", help="model dir (overrides model.path)")
+    parsers["eval"].add_argument("--data", nargs="+", help="eval specs: builtin | bfcl:DIR | apibank:FILE | FILE")
+    parsers["eval"].add_argument("--out", help="output directory (default: run.dir/eval)")
+    parsers["eval"].add_argument("--decoder", choices=["lenient", "bfcl"], help="decoder for model output")
+    parsers["serve"].add_argument("--model", help="model dir (overrides serve.model)")
+    parsers["serve"].add_argument("--host")
+    parsers["serve"].add_argument("--port", type=int)
+    parsers["check"].add_argument("--input", required=True, help="cases JSONL")
+    parsers["check"].add_argument("--output", help="verdicts JSONL (default: stdout)")
+    parsers["check"].add_argument("--decoder", choices=["lenient", "bfcl"], default="lenient")
+    parsers["tiny-model"].add_argument("--out", required=True, help="output model directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    module_name, func_name, _ = COMMANDS[args.command]
+    try:
+        cfg = None
+        if args.command in TAKES_CONFIG:
+            from toolace_r.config import load_config
+
+            cfg = load_config(args.config, args.overrides)
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(args, cfg) or 0)
+    except ToolaceError as err:
+        print(f"toolace-r {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The one typed configuration of toolace-r.
+
+Every job (run, probe, train, eval, serve, ablate) reads the same schema: a YAML file under `jobs/` merged onto
+these dataclasses, then `key=value` overrides from the command line. OmegaConf's structured mode makes an unknown
+key or a wrong type an error; `load_config` turns that error into a `ConfigError` naming the key and the source.
+
+Paper decisions that are ours (PAPER.md, marked [D]) are fields with defaults here, never constants in code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from toolace_r.errors import ConfigError
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of a locally built Llama-architecture model (tests, demo). No hub access."""
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # A local HF directory or a hub name (passed to from_pretrained unchanged). "tiny" = build one on the fly
+    # into RUN_DIR/base_model from the pool text.
+    path: str = "tiny"
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    # How prompts are written (toolace_r/data/prompts.py): "toolace" (ToolACE's system prompt) or "compact" (fewer
+    # tokens, for tiny CPU models). Saved with every model dir this project writes, so eval and serve match training.
+    prompt_style: str = "toolace"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class BuiltinPoolConfig:
+    """The generated default pool (toolace_r.data.default_pool)."""
+    n_train: int = 4000
+    n_heldout: int = 200
+    seed: int = 0
+
+
+@dataclass
+class PoolConfig:
+    # A file (JSON, JSONL, parquet) or HF datasets directory, or "builtin" for the generated default pool.
+    path: str = "builtin"
+    format: str = "auto"  # auto | toolace | sharegpt | openai | bfcl | apibank | toolrl | samples
+    on_error: str = "raise"  # raise | skip (skips are counted and reported)
+    limit: int = 0  # 0 = all records
+    builtin: BuiltinPoolConfig = field(default_factory=BuiltinPoolConfig)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings shared by probing, evaluation and serving."""
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.95
+    batch_size: int = 32  # prompts per generate() call (sorted by length)
+    seed: int = 0
+
+
+@dataclass
+class ProbeConfig:
+    k: int = 8  # sampled answers per candidate sample
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    num_actors: int = 1  # Ray Data actors, each holding the model once
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    batch_size: int = 16  # samples per map_batches batch
+    decoder: str = "lenient"  # lenient | bfcl
+
+
+@dataclass
+class SelectConfig:
+    # learnable: keep 0<p<1, drop p=1, hold back p=0 except `too_hard_fraction` of them
+    # threshold: keep min_pass <= p <= max_pass;  all: keep everything;  random: random subset (ablation)
+    policy: str = "learnable"
+    min_pass: float = 0.0
+    max_pass: float = 1.0
+    too_hard_fraction: float = 0.25
+    seed_fraction: float = 1.0  # iteration 0 trains on this fraction of the pool (the model starts at p = 0)
+    seed_size: int = 0  # >0: absolute size of the iteration-0 seed subset (overrides seed_fraction)
+    accumulate: bool = True  # selected sets accumulate across iterations
+    random_size: int = 0  # for policy=random: how many samples (0 = same as the previous model-aware selection)
+    seed: int = 0
+
+
+@dataclass
+class RefineConfig:
+    # Self-refinement training corpus (PAPER.md §2)
+    corpus: bool = True
+    wrong_per_sample: int = 1  # refinement samples built from wrong answers, per selected id
+    right_per_sample: int = 1  # ... from right answers (target = the identical answer)
+    corpus_fraction: float = 0.5  # refinement samples at most this fraction of the training set
+    # Adaptive refinement at inference (PAPER.md §3)
+    max_rounds: int = 3
+    draft_verify: bool = True  # verify a repeated answer in one forward pass (greedy only)
+    reuse_prefix: bool = True  # reuse the KV cache of the shared prompt prefix
+    seed: int = 0
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    lr: float = 2.0e-3
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 20
+    epochs: float = 1.0
+    max_steps: int = 0  # >0 caps the number of optimizer steps
+    tokens_per_micro_batch: int = 4096  # per worker; batches are grouped by length
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    max_length: int = 512
+    checkpoint_every: int = 50  # optimizer steps between Ray Train checkpoints
+    max_failures: int = 2
+    storage_path: str = ""  # Ray Train storage (local dir or URI); default RUN_DIR/ray_train
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    data: list[str] = field(default_factory=lambda: ["builtin"])  # specs: builtin | bfcl:DIR | apibank:FILE | FILE
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=0.0))
+    max_rounds: int = 3
+    decoder: str = "lenient"  # lenient | bfcl
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    batch_size: int = 32
+    limit: int = 0  # per data spec, 0 = all
+
+
+@dataclass
+class ServeConfig:
+    model: str = ""  # model dir to serve
+    model_name: str = "toolace-r"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 4.0
+    upscale_delay_s: float = 5.0
+    downscale_delay_s: float = 60.0
+    max_ongoing_requests: int = 32
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batching: bool = True
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.02
+    max_rounds: int = 3
+    max_new_tokens: int = 256
+    max_body_bytes: int = 1_000_000
+    api_key_env: str = "TOOLACE_API_KEY"  # if this env var is set, requests need `Authorization: Bearer <it>`
+
+
+@dataclass
+class AblationConfig:
+    arms: list[str] = field(default_factory=lambda: ["full", "plain_sft", "random_select", "no_refine_corpus"])
+    concurrent: bool = False
+    token_budget: int = 0  # 0 = the full arm's training tokens set the budget
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/demo"
+    max_iterations: int = 3
+    stop_when_selection_stalls: bool = True
+    stop_when_accuracy_stalls: bool = False
+    patience: int = 1
+    ray_address: str = ""  # "" = ray.init() default (local, or the cluster of a `ray job submit`)
+    num_cpus: int = 0  # local Ray only; 0 = all
+    seed: int = 0
+    log_level: str = "INFO"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+_CHOICES = {
+    "model.dtype": {"auto", "float32", "bfloat16", "float16"},
+    "model.prompt_style": {"toolace", "compact"},
+    "pool.format": {"auto", "toolace", "sharegpt", "openai", "bfcl", "apibank", "toolrl", "samples"},
+    "pool.on_error": {"raise", "skip"},
+    "probe.decoder": {"lenient", "bfcl"},
+    "eval.decoder": {"lenient", "bfcl"},
+    "select.policy": {"learnable", "threshold", "all", "random"},
+    "train.zero_stage": {0, 1, 2, 3},
+    "train.precision": {"auto", "fp32", "bf16"},
+    "train.placement_strategy": {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"},
+}
+
+
+def _error_key(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    return str(key) if key else "?"
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        reason = str(getattr(err, "msg", None) or err).splitlines()[0]
+        raise ConfigError(f"{source}: key {_error_key(err)!r}: {reason}") from None
+
+
+def _validate_choices(cfg: DictConfig, source: str) -> None:
+    for dotted, allowed in _CHOICES.items():
+        value = OmegaConf.select(cfg, dotted)
+        if value not in allowed:
+            raise ConfigError(f"{source}: key {dotted!r} = {value!r}, expected one of {sorted(allowed, key=str)}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Schema defaults ← YAML file ← `key=value` overrides. Raises ConfigError naming the key and where it came from."""
+    cfg: DictConfig = OmegaConf.structured(Config)
+    source = "defaults"
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax errors come from yaml, not omegaconf
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        cfg = _merge(cfg, loaded, str(path))
+        source = str(path)
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"command line: override {bad[0]!r} is not of the form key=value")
+        try:
+            dotlist = OmegaConf.from_dotlist(list(overrides))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"command line: {err}") from None
+        cfg = _merge(cfg, dotlist, "command line")
+        source = f"{source} + command line"
+    _validate_choices(cfg, source)
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]

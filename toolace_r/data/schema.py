@@ -1,0 +1,86 @@
+"""One sample schema for every source format.
+
+A `Sample` is one point where the assistant must act: the tools on offer, the dialogue up to that point, and the
+truth in BFCL's possible-answer form (`[{func_name: {param: [acceptable values]}}]`, empty = the right answer is
+no call). Every reader in `formats.py` produces these; everything downstream (probe, corpus, train, eval) consumes
+them. Rows for Ray Data / parquet carry the nested parts as JSON strings so that any Arrow version stores them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
+
+
+@dataclass
+class Sample:
+    id: str
+    tools: list[dict[str, Any]]  # [{"name", "description", "parameters": {"type": "dict"|"object", "properties", "required"}}]
+    # OpenAI-style chat history up to the call: {"role": system|user|assistant|tool, "content": str}; an assistant
+    # turn that called tools also has "tool_calls": [{"name": str, "arguments": dict}] (already parsed, not JSON text).
+    messages: list[dict[str, Any]]
+    truth: list[dict[str, dict[str, list[Any]]]] = field(default_factory=list)
+    category: str = ""  # one of CATEGORIES; inferred from tools and truth when empty
+    source: str = ""  # where it came from, e.g. "bfcl_v3/simple" or the file name
+
+    def __post_init__(self) -> None:
+        if not self.category:
+            self.category = infer_category(self.tools, self.truth)
+
+    # --- rows for Ray Data / parquet -------------------------------------------------------------
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tools": json.dumps(self.tools, ensure_ascii=False),
+            "messages": json.dumps(self.messages, ensure_ascii=False),
+            "truth": json.dumps(self.truth, ensure_ascii=False),
+            "category": self.category,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Sample":
+        def load(value: Any) -> Any:
+            return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+        return cls(
+            id=str(row["id"]),
+            tools=load(row["tools"]),
+            messages=load(row["messages"]),
+            truth=load(row["truth"]),
+            category=str(row.get("category") or ""),
+            source=str(row.get("source") or ""),
+        )
+
+    @property
+    def wants_call(self) -> bool:
+        return bool(self.truth)
+
+    def gold_calls(self) -> list[dict[str, Any]]:
+        """One concrete call list that satisfies the truth: the first acceptable value of each param, params whose
+        first acceptable value is "" (may be omitted) left out. Used as the training target."""
+        calls = []
+        for entry in self.truth:
+            ((name, params),) = entry.items()
+            args = {}
+            for pname, values in params.items():
+                if values and values[0] != "":  # "" first = may be omitted: leaving it out is the canonical answer
+                    args[pname] = values[0]
+            calls.append({"name": name, "arguments": args})
+        return calls
+
+
+def infer_category(tools: list[dict[str, Any]], truth: list[dict[str, Any]]) -> str:
+    if not truth:
+        return "irrelevance"
+    names = {next(iter(entry)) for entry in truth}
+    if len(truth) == 1:
+        return "simple" if len(tools) <= 1 else "multiple"
+    return "parallel" if len(names) == 1 and len(tools) <= 1 else "parallel_multiple"
+
+
+def calls_to_truth(calls: list[dict[str, Any]]) -> list[dict[str, dict[str, list[Any]]]]:
+    """Exact calls (name + arguments) → BFCL truth with one acceptable value per param."""
+    return [{c["name"]: {k: [v] for k, v in c.get("arguments", {}).items()}} for c in calls]
