@@ -1,0 +1,114 @@
+"""toolace_r.storage: run dirs, model dirs and Ray Train checkpoints at a path or URI.
+
+`file://` is tested for real, through Ray Train too. For the remote branch (mirror, pull/push, per-node model cache)
+an object store is played by a pyarrow SubTreeFileSystem over a temp dir under a made-up `fake://` scheme: the code
+under test (what gets copied where, when, and what a resumed driver sees) runs unchanged, only S3 itself is absent.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.fs
+import pytest
+
+from toolace_r import io, storage
+from toolace_r.errors import ConfigError
+
+
+def test_paths_and_uris_are_told_apart_without_network(tmp_path):
+    assert storage.scheme("runs/x") == "" and storage.scheme("file:///a") == "file" and storage.scheme("S3://b") == "s3"
+    assert not storage.is_remote("runs/x") and not storage.is_remote(f"file://{tmp_path}")
+    assert storage.is_remote("s3://bucket/runs") and storage.is_remote("gs://bucket/runs")
+    assert storage.local_path(f"file://{tmp_path}/a%20b") == tmp_path / "a b"
+    assert storage.normalize(f"file://{tmp_path}/run") == str(tmp_path / "run")
+    assert storage.join("s3://bucket/runs/", "iter_001", "model") == "s3://bucket/runs/iter_001/model"
+    assert storage.join(f"file://{tmp_path}", "iter_001") == str(tmp_path / "iter_001")
+    with pytest.raises(ConfigError, match="s3:// location has no local path"):
+        storage.local_path("s3://bucket/x")
+    with pytest.raises(ConfigError, match="must be absolute"):
+        storage.local_path("file://relative/path")
+
+
+def test_run_dir_on_file_uri_is_the_path_itself(tmp_path):
+    run = storage.RunDir(f"file://{tmp_path}/runs/demo")
+    assert not run.remote and run.local == tmp_path / "runs" / "demo" and run.local.is_dir()
+    io.write_json(run.local / "state.json", {"done": ["iter_000/probe"]})
+    run.push()  # nothing to do locally, must not fail or move anything
+    assert json.loads((tmp_path / "runs/demo/state.json").read_text()) == {"done": ["iter_000/probe"]}
+    assert run.uri("iter_000", "model") == str(tmp_path / "runs/demo/iter_000/model")
+    assert storage.localize(run.uri("iter_000", "model")) == str(tmp_path / "runs/demo/iter_000/model")
+
+
+@pytest.fixture
+def fake_store(tmp_path, monkeypatch):
+    """`fake://bucket/...` → files under tmp_path/store, through pyarrow like s3:// would be."""
+    root = tmp_path / "store"
+    root.mkdir()
+    real = storage.filesystem
+
+    def filesystem(uri):
+        if storage.scheme(uri) == "fake":
+            return pyarrow.fs.SubTreeFileSystem(str(root), pyarrow.fs.LocalFileSystem()), str(uri)[len("fake://"):]
+        return real(uri)
+
+    monkeypatch.setattr(storage, "filesystem", filesystem)
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    return root
+
+
+def test_remote_run_dir_mirrors_pushes_and_resumes(fake_store, tmp_path):
+    run = storage.RunDir("fake://bucket/runs/demo")
+    assert run.remote and str(run.local).startswith(str(tmp_path / "cache"))
+    assert run.pull() is False  # nothing there yet: a fresh run
+    io.write_json(run.local / "state.json", {"done": ["iter_000/probe"]})
+    (run.local / "iter_000" / "model").mkdir(parents=True)
+    (run.local / "iter_000" / "model" / "config.json").write_text("{}")
+    run.push()
+    assert json.loads((fake_store / "bucket/runs/demo/state.json").read_text()) == {"done": ["iter_000/probe"]}
+    assert (fake_store / "bucket/runs/demo/iter_000/model/config.json").is_file()
+
+    # A resumed driver on another node: empty local mirror, pulls the finished stages back.
+    import shutil
+
+    shutil.rmtree(run.local)
+    again = storage.RunDir("fake://bucket/runs/demo")
+    assert again.pull() is True
+    assert io.read_json(again.local / "state.json") == {"done": ["iter_000/probe"]}
+
+    # A probe actor on a third node gets the model dir by URI and a local copy; a second call reuses it.
+    local = Path(storage.localize(again.uri("iter_000", "model")))
+    assert (local / "config.json").read_text() == "{}" and local != again.local / "iter_000" / "model"
+    (fake_store / "bucket/runs/demo/iter_000/model/config.json").write_text('{"changed": 1}')
+    assert Path(storage.localize(again.uri("iter_000", "model"))) == local
+    assert (local / "config.json").read_text() == "{}"  # model dirs are immutable: the cached copy is used
+
+
+def test_copy_of_a_missing_dir_names_it(fake_store):
+    with pytest.raises(ConfigError, match="fake://bucket/nope: not a directory"):
+        storage.localize("fake://bucket/nope")
+
+
+@pytest.mark.slow
+def test_ray_train_checkpoints_land_at_a_file_uri(ray_local, tmp_path):
+    """Ray Train reads storage_path itself: a file:// location must hold the run's checkpoints afterwards."""
+    import tempfile
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    def loop(config):
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "weights.txt").write_text("step-1")
+            ray.train.report({"step": 1}, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    uri = f"file://{tmp_path}/train_storage"
+    trainer = TorchTrainer(
+        loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name="storage_test", **storage.ray_train_storage(uri)),
+    )
+    result = trainer.fit()
+    ckpt = Path(result.checkpoint.path)
+    assert ckpt.is_relative_to(tmp_path / "train_storage")
+    assert (ckpt / "weights.txt").read_text() == "step-1"
