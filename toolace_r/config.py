@@ -197,6 +197,7 @@ class RunConfig:
     max_iterations: int = 3
     stop_when_selection_stalls: bool = True
     stop_when_accuracy_stalls: bool = False
+    probe_first_iteration: bool = False  # probe the untrained model too (iteration 0 trains on the seed subset anyway)
     patience: int = 1
     ray_address: str = ""  # "" = ray.init() default (local, or the cluster of a `ray job submit`)
     num_cpus: int = 0  # local Ray only; 0 = all

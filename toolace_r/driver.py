@@ -1,0 +1,408 @@
+"""The iterative ToolACE-R job driver: the paper's loop, run stage by stage on Ray, resumable after any crash.
+
+    baseline ← evaluate(untrained model)
+    for t = 0, 1, ...:
+        rows_t   ← probe(model_t, pool)                 k sampled answers per pool sample → pass rate (t = 0: optional)
+        S_t      ← select(rows_t, S_<t)                  model-aware: keep what the model can learn but has not mastered
+        D_t      ← build_corpus(S_t, rows_t)             direct samples + self-refinement samples from its own answers
+        model_t+1 ← train(model_t, D_t)                  continues from the previous iteration's model
+        acc_t    ← evaluate(model_t+1, held-out)          single pass and adaptive refinement
+        stop when t + 1 = max_iterations, S_t adds nothing new, or acc_t has not improved for `patience` iterations
+
+`run(cfg)` below is that loop. Every stage writes into `RUN_DIR/iter_NNN/` and is recorded in `RUN_DIR/state.json`
+(atomic writes) once it has finished; a rerun with the same run dir replays the recorded results and resumes at
+the first unfinished stage, so no finished stage runs twice. The report (report.json + report.html) is rebuilt after
+every stage. Ablation arms (plain SFT, random selection, no refinement corpus) are configs of this same loop:
+`select.policy=all|random`, `refine.corpus=false`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import OmegaConf
+
+from toolace_r import io as rio
+from toolace_r.config import Config, RunConfig, to_dict, to_yaml
+from toolace_r.data.schema import Sample
+from toolace_r.errors import ConfigError, DataError
+from toolace_r.report import STATE_FILE, iter_key, write_report
+
+log = logging.getLogger("toolace_r.driver")
+
+CONFIG_FILE = "config.yaml"
+# Keys that only say how (or how long) to run, not what is computed: they may change between a run and its resume.
+RESUME_SAFE = (
+    "run.dir", "run.ray_address", "run.num_cpus", "run.log_level", "run.max_iterations", "run.patience",
+    "run.stop_when_selection_stalls", "run.stop_when_accuracy_stalls",
+    "probe.num_actors", "probe.cpus_per_actor", "probe.gpus_per_actor", "probe.batch_size",
+    "eval.num_actors", "eval.cpus_per_actor", "eval.gpus_per_actor", "eval.batch_size",
+    "train.storage_path", "train.max_failures", "train.checkpoint_every", "serve.", "ablation.",
+)
+
+
+# ------------------------------------------------------------------------------------------------ run state
+class RunState:
+    """`RUN_DIR/state.json`: finished stages with their (small, JSON) results and timings, plus an event history.
+
+    {"stages": {"iter_001/train": {"started_at", "finished_at", "wall_s", "result": {...}}, ...},
+     "history": [{"stage", "event": "start"|"finish", "time"}, ...], "stopped": {"iteration", "reason"} | null}
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / STATE_FILE
+        self.data: dict[str, Any] = (
+            rio.read_json(self.path) if self.path.is_file() else {"version": 1, "stages": {}, "history": [], "stopped": None}
+        )
+
+    def done(self, key: str) -> bool:
+        return key in self.data["stages"]
+
+    def result(self, key: str) -> Any:
+        return self.data["stages"][key]["result"]
+
+    def start(self, key: str) -> float:
+        now = time.time()
+        self.data["history"].append({"stage": key, "event": "start", "time": now})
+        self.save()
+        return now
+
+    def finish(self, key: str, result: Any, started: float) -> None:
+        now = time.time()
+        self.data["stages"][key] = {"started_at": started, "finished_at": now, "wall_s": now - started, "result": result}
+        self.data["history"].append({"stage": key, "event": "finish", "time": now})
+        self.save()
+
+    def set_stopped(self, iteration: int | None, reason: str | None) -> None:
+        self.data["stopped"] = None if reason is None else {"iteration": iteration, "reason": reason}
+        self.save()
+
+    def save(self) -> None:
+        rio.write_json(self.path, self.data)
+
+
+def run_stage(state: RunState, run_dir: Path, key: str, fn: Callable[[], Any]) -> Any:
+    """Run one stage unless state.json says it finished; record its result; rebuild the report."""
+    if state.done(key):
+        entry = state.data["stages"][key]
+        log.info("· %-20s already finished (%.1f s) — reusing its result", key, entry["wall_s"])
+        return entry["result"]
+    log.info("━━━━ %s ━━━━", key)
+    started = state.start(key)
+    result = fn()
+    state.finish(key, result, started)
+    log.info("✓ %-20s done in %.1f s", key, time.time() - started)
+    write_report(run_dir)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ stop criteria
+def stop_after_select(run_cfg: RunConfig, iteration: int, n_selected: int, n_new: int) -> str | None:
+    """Checked after selection, before training on it."""
+    if n_selected == 0:
+        return "nothing selected: every pool sample is mastered or out of reach"
+    if iteration > 0 and run_cfg.stop_when_selection_stalls and n_new == 0:
+        return "selected set no longer growing (no new samples selected)"
+    return None
+
+
+def accuracy_stalled(accuracies: list[float], patience: int) -> bool:
+    """True when the best accuracy so far is `patience` or more iterations old (ties do not count as improvement)."""
+    if not accuracies:
+        return False
+    best = max(range(len(accuracies)), key=lambda i: (accuracies[i], -i))  # first iteration reaching the best
+    return len(accuracies) - 1 - best >= max(1, patience)
+
+
+def stop_after_eval(run_cfg: RunConfig, iteration: int, accuracies: list[float]) -> str | None:
+    """Checked after each iteration's evaluation. `accuracies` = overall single-pass accuracy of iterations 0..t."""
+    if run_cfg.stop_when_accuracy_stalls and accuracy_stalled(accuracies, run_cfg.patience):
+        return f"held-out accuracy has not improved for {max(1, run_cfg.patience)} iteration(s)"
+    if iteration + 1 >= run_cfg.max_iterations:
+        return f"max_iterations ({run_cfg.max_iterations}) reached"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ run dir + config
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def config_differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(keys whose change would make the resumed run inconsistent, resume-safe keys that changed)."""
+    a, b = _flatten(saved), _flatten(current)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    safe = [k for k in changed if any(k == s or (s.endswith(".") and k.startswith(s)) for s in RESUME_SAFE)]
+    return [k for k in changed if k not in safe], safe
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Create RUN_DIR and save the config there; on a rerun refuse a config that would change what was computed."""
+    run_dir = Path(cfg.run.dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved_path = run_dir / CONFIG_FILE
+    current = to_dict(cfg)
+    if saved_path.is_file():
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+        unsafe, safe = config_differences(saved, current)  # type: ignore[arg-type]
+        if unsafe:
+            details = ", ".join(f"{k}: {_flatten(saved).get(k)!r} → {_flatten(current).get(k)!r}" for k in unsafe[:8])
+            raise ConfigError(
+                f"run dir {run_dir} was started with a different config ({details}); resuming would mix results "
+                f"of two setups. Use a new run.dir, or delete {run_dir} to start over."
+            )
+        if safe:
+            log.warning("resuming %s with changed run settings: %s", run_dir, ", ".join(safe))
+    rio.write_text(saved_path, to_yaml(cfg))
+    return run_dir
+
+
+def init_ray(cfg: Config) -> bool:
+    """Connect to Ray. Inside `ray job submit` (RAY_ADDRESS is set) or with run.ray_address: join that cluster
+    without asking for resources. Otherwise start a private local Ray (never silently join someone else's
+    `ray start` on this machine: set run.ray_address=auto for that). Returns True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address)
+    else:
+        log.info("starting a local Ray (%s CPUs)", cfg.run.num_cpus or "all")
+        ray.init(address="local", num_cpus=cfg.run.num_cpus or None, include_dashboard=False)
+    log.info("Ray resources: %s", {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def pool_fingerprint(samples: list[Sample]) -> str:
+    return hashlib.sha256("\n".join(sorted(s.id for s in samples)).encode()).hexdigest()[:16]
+
+
+def load_pool_stage(cfg: Config, state: RunState, run_dir: Path) -> list[Sample]:
+    """Load the pool (deterministic for a given config) and check on resume that it is still the same pool."""
+    from toolace_r.data.pool import load_pool
+
+    t0 = time.time()
+    pool = load_pool(cfg.pool)
+    ids = Counter(s.id for s in pool)
+    dupes = [i for i, n in ids.items() if n > 1]
+    if dupes:
+        raise DataError(f"pool {cfg.pool.path}: {len(dupes)} duplicate sample ids, e.g. {dupes[0]!r}; ids must be unique")
+    if not pool:
+        raise DataError(f"pool {cfg.pool.path}: no samples")
+    fingerprint = pool_fingerprint(pool)
+    if state.done("pool"):
+        if state.result("pool")["fingerprint"] != fingerprint:
+            raise DataError(f"pool {cfg.pool.path} changed since run dir {run_dir} was started "
+                            f"({len(pool)} samples now, {state.result('pool')['pool_size']} then); use a new run.dir")
+    else:
+        started = state.start("pool")
+        state.finish("pool", {"pool_size": len(pool), "fingerprint": fingerprint,
+                              "categories": dict(Counter(s.category for s in pool))}, started)
+    log.info("pool: %d samples (%s) loaded in %.1f s", len(pool),
+             ", ".join(f"{c} {n}" for c, n in sorted(Counter(s.category for s in pool).items())), time.time() - t0)
+    return pool
+
+
+def base_model_stage(cfg: Config, pool: list[Sample], run_dir: Path) -> dict:
+    """model.path, or for "tiny" a tiny Llama with a tokenizer trained on the pool text, built into RUN_DIR/base_model."""
+    if cfg.model.path != "tiny":
+        return {"model_dir": cfg.model.path, "built": False}
+    from toolace_r.data.pool import pool_texts
+    from toolace_r.models import build_tiny_model
+
+    out = run_dir / "base_model"
+    shutil.rmtree(out, ignore_errors=True)
+    build_tiny_model(out, pool_texts(pool, cfg.model.prompt_style), cfg.model.tiny, cfg.model.prompt_style)
+    return {"model_dir": str(out), "built": True}
+
+
+def prompt_style(cfg: Config, model_dir: str) -> str:
+    from toolace_r.models import read_meta
+
+    return read_meta(model_dir).get("prompt_style", cfg.model.prompt_style) if os.path.isdir(model_dir) else cfg.model.prompt_style
+
+
+def summarize_probe(rows: list[dict]) -> dict:
+    """Pass-rate histogram (k + 1 bins: 0/k … k/k) and mastered / learnable / too-hard counts."""
+    k = max((int(r["k"]) for r in rows), default=0)
+    counts = [0] * (k + 1)
+    for r in rows:
+        counts[round(float(r["pass_rate"]) * k)] += 1
+    rates = [float(r["pass_rate"]) for r in rows]
+    return {
+        "n": len(rows),
+        "k": k,
+        "histogram": {"bins": [j / k for j in range(k + 1)] if k else [0.0], "counts": counts},
+        "mean_pass_rate": sum(rates) / len(rates) if rates else None,
+        "counts": {
+            "mastered": sum(p >= 1.0 for p in rates),
+            "learnable": sum(0.0 < p < 1.0 for p in rates),
+            "too_hard": sum(p <= 0.0 for p in rates),
+        },
+    }
+
+
+def probe_stage(cfg: Config, model_dir: str, pool: list[Sample], out: Path) -> dict:
+    from toolace_r.probe import probe, read_probe
+
+    shutil.rmtree(out, ignore_errors=True)  # a probe killed half-way left partial files: start it clean
+    path = probe(cfg, model_dir, pool, str(out))
+    summary = summarize_probe(read_probe(path))
+    log.info("probe: %d samples × k=%d, mean pass rate %.3f — mastered %d, learnable %d, too hard %d",
+             summary["n"], summary["k"], summary["mean_pass_rate"] or 0.0, *summary["counts"].values())
+    return {"path": str(path), **summary}
+
+
+def unprobed_rows(pool: list[Sample]) -> list[dict]:
+    """Iteration 0 without probing: every sample as a probe row with no answers (the untrained model is at p = 0)."""
+    return [{"id": s.id, "category": s.category, "k": 0, "n_correct": 0, "pass_rate": 0.0, "answers": [],
+             "verdicts": []} for s in pool]
+
+
+def select_stage(cfg: Config, rows: list[dict], iteration: int, previous: set[str], out: Path) -> dict:
+    from toolace_r.select import select
+
+    sel = select(rows, cfg.select, iteration, set(previous) if iteration > 0 else None)
+    path = out / "selection.json"
+    rio.write_json(path, {"iteration": iteration, "ids": list(sel.ids), "reasons": sel.reasons, "counts": sel.counts})
+    new = len(set(sel.ids) - previous)
+    log.info("select (%s): %d samples, %d new, %d selected so far — %s", cfg.select.policy, len(sel.ids), new,
+             len(previous | set(sel.ids)), sel.counts)
+    return {"path": str(path), "selected": len(sel.ids), "new": new, "selected_total": len(previous | set(sel.ids)),
+            "counts": sel.counts}
+
+
+def corpus_stage(cfg: Config, by_id: dict[str, Sample], rows: list[dict], ids: list[str], style: str, out: Path) -> dict:
+    from toolace_r.refine_corpus import build_corpus
+
+    corpus = build_corpus(by_id, rows, ids, cfg.refine, style)
+    path = out / "corpus.jsonl"
+    rio.write_jsonl(path, corpus)
+    kinds = Counter(r["kind"] for r in corpus)
+    log.info("corpus: %d rows (%s)", len(corpus), ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    return {"path": str(path), "rows": len(corpus), "kinds": dict(kinds),
+            "refine_samples": len(corpus) - kinds.get("direct", 0)}
+
+
+def train_stage(cfg: Config, model_dir: str, corpus_path: str, out: Path) -> dict:
+    from toolace_r.train import train
+
+    metrics = train(cfg, model_dir, corpus_path, str(out))
+    log.info("train: %s steps, loss %.3f → %.3f, %.0f tokens/s, model → %s", metrics.get("steps"),
+             metrics.get("loss_first") or float("nan"), metrics.get("loss_last") or float("nan"),
+             metrics.get("tokens_per_s") or 0.0, metrics["model_dir"])
+    return json.loads(json.dumps(metrics, default=str))  # JSON-safe copy for state.json
+
+
+def eval_stage(cfg: Config, model_dir: str, out: Path) -> dict:
+    from toolace_r.evaluate import evaluate
+
+    shutil.rmtree(out / "eval", ignore_errors=True)
+    result = evaluate(cfg, model_dir, list(cfg.eval.data), str(out / "eval"))
+    rio.write_json(out / "eval.json", result)
+    o = result.get("overall", {})
+    log.info("eval: accuracy %.3f single pass, %.3f with adaptive refinement (mean rounds %.2f) on %s samples",
+             o.get("accuracy") or 0.0, o.get("refined_accuracy") or 0.0, o.get("mean_rounds") or 0.0, o.get("n"))
+    return json.loads(json.dumps(result, default=str))
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def run(cfg: Config) -> dict:
+    """Run (or resume) the iterative ToolACE-R loop described in the module docstring; returns report.json's object."""
+    t_start = time.time()
+    run_dir = prepare_run_dir(cfg)
+    state = RunState(run_dir)
+    log.info("run dir %s (%s)", run_dir, "resuming" if state.data["stages"] else "new run")
+    started_ray = init_ray(cfg)
+    try:
+        stage = lambda key, fn: run_stage(state, run_dir, key, fn)  # noqa: E731
+        pool = load_pool_stage(cfg, state, run_dir)
+        by_id = {s.id: s for s in pool}
+        model = stage("base_model", lambda: base_model_stage(cfg, pool, run_dir))["model_dir"]
+        stage("baseline/eval", lambda: eval_stage(cfg, model, run_dir / "baseline"))
+
+        selected: set[str] = set()
+        accuracies: list[float] = []
+        reason, iteration = None, -1
+        for iteration in range(cfg.run.max_iterations):
+            it_dir = run_dir / f"iter_{iteration:03d}"
+            it_dir.mkdir(exist_ok=True)
+            style = prompt_style(cfg, model)
+            if iteration > 0 or cfg.run.probe_first_iteration:
+                probed = stage(iter_key(iteration, "probe"), lambda: probe_stage(cfg, model, pool, it_dir / "probe"))
+                from toolace_r.probe import read_probe
+
+                rows = read_probe(probed["path"])
+            else:
+                rows = unprobed_rows(pool)
+            sel = stage(iter_key(iteration, "select"), lambda: select_stage(cfg, rows, iteration, selected, it_dir))
+            ids = rio.read_json(sel["path"])["ids"]
+            reason = stop_after_select(cfg.run, iteration, len(ids), len(set(ids) - selected))
+            selected |= set(ids)
+            if reason:
+                break
+            corpus = stage(iter_key(iteration, "corpus"),
+                           lambda: corpus_stage(cfg, by_id, rows, ids, style, it_dir))
+            trained = stage(iter_key(iteration, "train"), lambda: train_stage(cfg, model, corpus["path"], it_dir))
+            model = trained["model_dir"]
+            evaluated = stage(iter_key(iteration, "eval"), lambda: eval_stage(cfg, model, it_dir))
+            accuracies.append(float(evaluated["overall"]["accuracy"]))
+            reason = stop_after_eval(cfg.run, iteration, accuracies)
+            if reason:
+                break
+        if reason is None:
+            reason = "max_iterations reached" if cfg.run.max_iterations > 0 else "max_iterations is 0"
+        state.set_stopped(iteration, reason)
+        log.info("stopped after iteration %d: %s (%.1f s this invocation)", iteration, reason, time.time() - t_start)
+        return write_report(run_dir)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def format_summary(report: dict) -> str:
+    """The table `toolace-r run` prints at the end."""
+    lines = [f"{'iteration':>10} {'accuracy':>9} {'refined':>9} {'rounds':>7} {'selected':>9} {'refine':>7} {'wall s':>8}"]
+    base = report.get("baseline") or {}
+    if base:
+        lines.append(f"{'untrained':>10} {base.get('accuracy', 0):>9.3f} {base.get('refined_accuracy') or 0:>9.3f} "
+                     f"{base.get('mean_rounds') or 0:>7.2f}")
+    for e in report["iterations"]:
+        ev = e["eval"] or {}
+        acc = f"{ev['accuracy']:.3f}" if ev.get("accuracy") is not None else "–"
+        ref = f"{ev['refined_accuracy']:.3f}" if ev.get("refined_accuracy") is not None else "–"
+        rounds = f"{ev['mean_rounds']:.2f}" if ev.get("mean_rounds") is not None else "–"
+        lines.append(f"{e['iteration']:>10} {acc:>9} {ref:>9} {rounds:>7} {e['selected'] or 0:>9} "
+                     f"{e['refine_samples'] or 0:>7} {sum(e['wall_s'].values()):>8.1f}")
+    return "\n".join(lines)
+
+
+def run_command(args, cfg: Config) -> int:
+    """`toolace-r run --config jobs/demo.yaml [key=value ...]`."""
+    logging.getLogger("toolace_r").setLevel(cfg.run.log_level.upper())
+    report = run(cfg)
+    run_dir = Path(report["run_dir"])
+    print(format_summary(report))
+    stopped = report.get("stopped") or {}
+    print(f"\nstopped: {stopped.get('reason')}\nreport: {run_dir / 'report.json'}\nplots:  {run_dir / 'report.html'}")
+    if report.get("final_model"):
+        print(f"model:  {report['final_model']}")
+    return 0
