@@ -88,8 +88,9 @@ class RunState:
         rio.write_json(self.path, self.data)
 
 
-def run_stage(state: RunState, run_dir: Path, key: str, fn: Callable[[], Any]) -> Any:
-    """Run one stage unless state.json says it finished; record its result; rebuild the report."""
+def run_stage(state: RunState, run_dir: Path, key: str, fn: Callable[[], Any], push: Callable[[], None] | None = None) -> Any:
+    """Run one stage unless state.json says it finished; record its result; rebuild the report; `push` the run dir
+    to its remote location (storage.RunDir) when it has one."""
     if state.done(key):
         entry = state.data["stages"][key]
         log.info("· %-20s already finished (%.1f s) — reusing its result", key, entry["wall_s"])
@@ -100,6 +101,8 @@ def run_stage(state: RunState, run_dir: Path, key: str, fn: Callable[[], Any]) -
     state.finish(key, result, started)
     log.info("✓ %-20s done in %.1f s", key, time.time() - started)
     write_report(run_dir)
+    if push:
+        push()
     return result
 
 
@@ -148,9 +151,10 @@ def config_differences(saved: dict, current: dict) -> tuple[list[str], list[str]
     return [k for k in changed if k not in safe], safe
 
 
-def prepare_run_dir(cfg: Config) -> Path:
-    """Create RUN_DIR and save the config there; on a rerun refuse a config that would change what was computed."""
-    run_dir = Path(cfg.run.dir).resolve()
+def prepare_run_dir(cfg: Config, run_dir: Path | None = None) -> Path:
+    """Create RUN_DIR (or use `run_dir`, the local mirror of a remote one) and save the config there; on a rerun
+    refuse a config that would change what was computed."""
+    run_dir = (run_dir or Path(cfg.run.dir)).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     saved_path = run_dir / CONFIG_FILE
     current = to_dict(cfg)
@@ -325,13 +329,17 @@ def eval_stage(cfg: Config, model_dir: str, out: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ the loop
 def run(cfg: Config) -> dict:
     """Run (or resume) the iterative ToolACE-R loop described in the module docstring; returns report.json's object."""
+    from toolace_r.storage import RunDir
+
     t_start = time.time()
-    run_dir = prepare_run_dir(cfg)
+    location = RunDir(cfg.run.dir)  # a path, or s3://… / gs://… used through a local mirror
+    location.pull()
+    run_dir = prepare_run_dir(cfg, location.local)
     state = RunState(run_dir)
-    log.info("run dir %s (%s)", run_dir, "resuming" if state.data["stages"] else "new run")
+    log.info("run dir %s (%s)", location.location, "resuming" if state.data["stages"] else "new run")
     started_ray = init_ray(cfg)
     try:
-        stage = lambda key, fn: run_stage(state, run_dir, key, fn)  # noqa: E731
+        stage = lambda key, fn: run_stage(state, run_dir, key, fn, location.push)  # noqa: E731
         pool = load_pool_stage(cfg, state, run_dir)
         by_id = {s.id: s for s in pool}
         model = stage("base_model", lambda: base_model_stage(cfg, pool, run_dir))["model_dir"]
@@ -370,7 +378,9 @@ def run(cfg: Config) -> dict:
             reason = "max_iterations reached" if cfg.run.max_iterations > 0 else "max_iterations is 0"
         state.set_stopped(iteration, reason)
         log.info("stopped after iteration %d: %s (%.1f s this invocation)", iteration, reason, time.time() - t_start)
-        return write_report(run_dir)
+        report = write_report(run_dir)
+        location.push()
+        return report
     finally:
         if started_ray:
             import ray

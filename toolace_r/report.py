@@ -150,7 +150,8 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
     ax.set_title("Held-out accuracy per iteration")
     out["accuracy"] = _png(fig)
     plt.close(fig)

@@ -1,0 +1,252 @@
+"""The iterative driver: resume bookkeeping and stop criteria (fast, no Ray), then end-to-end runs (slow):
+a driver SIGKILLed during training and rerun, and the job run through `ray job submit` on a local head node."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from toolace_r import io as rio
+from toolace_r.config import RunConfig, load_config, to_yaml
+from toolace_r.driver import (
+    RunState, accuracy_stalled, config_differences, prepare_run_dir, run_stage, stop_after_eval, stop_after_select,
+    summarize_probe,
+)
+from toolace_r.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------ stop criteria
+def test_accuracy_stalled_counts_iterations_since_the_best():
+    assert not accuracy_stalled([], 1)
+    assert not accuracy_stalled([0.3], 1)
+    assert not accuracy_stalled([0.3, 0.4], 1)
+    assert accuracy_stalled([0.3, 0.3], 1)  # a tie is not an improvement
+    assert accuracy_stalled([0.3, 0.5, 0.4], 1)
+    assert not accuracy_stalled([0.3, 0.5, 0.4], 2)
+    assert accuracy_stalled([0.3, 0.5, 0.4, 0.45], 2)
+
+
+def test_stop_after_eval_max_iterations_and_patience():
+    cfg = RunConfig(max_iterations=3, stop_when_accuracy_stalls=False)
+    assert stop_after_eval(cfg, 0, [0.2]) is None
+    assert stop_after_eval(cfg, 1, [0.2, 0.1]) is None  # stalled, but that criterion is off
+    assert "max_iterations" in stop_after_eval(cfg, 2, [0.2, 0.1, 0.3])
+    cfg = RunConfig(max_iterations=10, stop_when_accuracy_stalls=True, patience=1)
+    assert stop_after_eval(cfg, 1, [0.2, 0.3]) is None
+    assert "not improved" in stop_after_eval(cfg, 2, [0.2, 0.3, 0.25])
+
+
+def test_stop_after_select_growth():
+    cfg = RunConfig(stop_when_selection_stalls=True)
+    assert stop_after_select(cfg, 0, 10, 10) is None
+    assert stop_after_select(cfg, 1, 12, 2) is None
+    assert "no longer growing" in stop_after_select(cfg, 2, 12, 0)
+    assert "nothing selected" in stop_after_select(cfg, 1, 0, 0)
+    assert stop_after_select(RunConfig(stop_when_selection_stalls=False), 2, 12, 0) is None
+
+
+def test_summarize_probe_histogram_and_counts():
+    rows = [{"id": str(i), "k": 4, "pass_rate": p} for i, p in enumerate([0.0, 0.0, 0.25, 0.5, 1.0, 1.0, 1.0])]
+    s = summarize_probe(rows)
+    assert s["histogram"] == {"bins": [0.0, 0.25, 0.5, 0.75, 1.0], "counts": [2, 1, 1, 0, 3]}
+    assert s["counts"] == {"mastered": 3, "learnable": 2, "too_hard": 2}
+    assert s["n"] == 7 and abs(s["mean_pass_rate"] - 3.75 / 7) < 1e-9
+
+
+# ------------------------------------------------------------------------------------------------ resume bookkeeping
+def test_run_stage_records_once_and_replays_after_restart(tmp_path):
+    calls = []
+
+    def stage_fn(value):
+        def fn():
+            calls.append(value)
+            return {"value": value}
+        return fn
+
+    state = RunState(tmp_path)
+    assert run_stage(state, tmp_path, "iter_000/select", stage_fn(1)) == {"value": 1}
+    state.start("iter_000/train")  # a stage that was running when the process died
+    # a new process reads state.json again
+    state = RunState(tmp_path)
+    assert state.done("iter_000/select") and not state.done("iter_000/train")
+    assert run_stage(state, tmp_path, "iter_000/select", stage_fn(2)) == {"value": 1}  # replayed, not rerun
+    assert run_stage(state, tmp_path, "iter_000/train", stage_fn(3)) == {"value": 3}
+    assert calls == [1, 3]
+    events = [(h["stage"], h["event"]) for h in rio.read_json(tmp_path / "state.json")["history"]]
+    assert events == [("iter_000/select", "start"), ("iter_000/select", "finish"), ("iter_000/train", "start"),
+                      ("iter_000/train", "start"), ("iter_000/train", "finish")]
+    assert (tmp_path / "report.json").is_file()  # rebuilt after each stage
+
+
+def test_run_stage_failure_leaves_stage_unfinished(tmp_path):
+    state = RunState(tmp_path)
+
+    def boom():
+        raise RuntimeError("worker died")
+
+    with pytest.raises(RuntimeError):
+        run_stage(state, tmp_path, "iter_000/train", boom)
+    assert not RunState(tmp_path).done("iter_000/train")
+
+
+def test_rerun_with_a_different_config_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, [f"run.dir={run_dir}", "probe.k=4"])
+    prepare_run_dir(cfg)
+    assert load_config(run_dir / "config.yaml").probe.k == 4
+    # run settings may change (more iterations, another cluster) ...
+    prepare_run_dir(load_config(None, [f"run.dir={run_dir}", "probe.k=4", "run.max_iterations=5", "probe.num_actors=2"]))
+    # ... what is computed may not
+    with pytest.raises(ConfigError, match=r"probe\.k: 4 → 8.*new run\.dir"):
+        prepare_run_dir(load_config(None, [f"run.dir={run_dir}"]))
+
+
+def test_config_differences_splits_safe_and_unsafe():
+    unsafe, safe = config_differences({"run": {"dir": "a", "max_iterations": 1}, "train": {"lr": 1.0}},
+                                      {"run": {"dir": "b", "max_iterations": 3}, "train": {"lr": 2.0}})
+    assert unsafe == ["train.lr"] and safe == ["run.dir", "run.max_iterations"]
+
+
+# ------------------------------------------------------------------------------------------------ end to end (slow)
+def tiny_overrides(run_dir: Path) -> list[str]:
+    """A run small enough for a test: 240-sample pool, 40 held out, tiny model, k=2, two iterations."""
+    return [
+        f"run.dir={run_dir}", "run.max_iterations=2", "run.num_cpus=2", "run.stop_when_selection_stalls=false",
+        "model.prompt_style=compact", "model.tiny.vocab_size=512", "model.tiny.hidden_size=64",
+        "model.tiny.num_layers=2", "model.tiny.intermediate_size=128",
+        "pool.builtin.n_train=240", "pool.builtin.n_heldout=40",
+        "probe.k=2", "probe.generation.max_new_tokens=48", "eval.generation.max_new_tokens=48", "eval.max_rounds=2",
+        "eval.limit=40", "select.seed_fraction=0.5", "train.num_workers=1", "train.max_steps=20",
+        "train.tokens_per_micro_batch=2048", "train.warmup_steps=2", "train.checkpoint_every=5",
+    ]
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS="")
+    env.pop("RAY_ADDRESS")
+    return env
+
+
+def _toolace(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "toolace_r.cli", "run", *args]
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited (rc {proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _history(run_dir: Path) -> list[tuple[str, str]]:
+    return [(h["stage"], h["event"]) for h in rio.read_json(run_dir / "state.json")["history"]]
+
+
+@pytest.mark.slow
+def test_driver_killed_during_training_resumes_without_redoing_stages(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(run_dir)
+    log1 = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(_toolace(overrides), cwd=REPO, env=_env(), stdout=log1, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        def training_started():
+            return (run_dir / "state.json").is_file() and ("iter_000/train", "start") in _history(run_dir)
+
+        _wait_for(training_started, 600, "iteration 0 training to start", proc)
+        time.sleep(8)  # let Ray Train get going
+        assert proc.poll() is None, "driver finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its session
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log1.close()
+    before = rio.read_json(run_dir / "state.json")
+    assert "iter_000/train" not in before["stages"]
+    finished_before = {k: v["finished_at"] for k, v in before["stages"].items()}
+    assert {"pool", "base_model", "baseline/eval", "iter_000/select", "iter_000/corpus"} <= finished_before.keys()
+
+    second = subprocess.run(_toolace(overrides), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900,
+                            start_new_session=True)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    after = rio.read_json(run_dir / "state.json")
+    for key, finished_at in finished_before.items():  # finished stages kept their first result, not redone
+        assert after["stages"][key]["finished_at"] == finished_at, key
+    history = _history(run_dir)
+    for key in after["stages"]:
+        if key == "pool":
+            continue
+        starts = history.count((key, "start"))
+        assert history.count((key, "finish")) == 1, key
+        assert starts == (2 if key == "iter_000/train" else 1), (key, starts)
+    for it in (0, 1):
+        assert Path(after["stages"][f"iter_{it:03d}/train"]["result"]["model_dir"]).is_dir()
+        assert (run_dir / f"iter_{it:03d}" / "eval.json").is_file()
+    assert (run_dir / "iter_001" / "selection.json").is_file() and (run_dir / "iter_001" / "corpus.jsonl").is_file()
+    report = rio.read_json(run_dir / "report.json")
+    assert [e["iteration"] for e in report["iterations"]] == [0, 1]
+    for e in report["iterations"]:
+        assert set(e["eval"]) >= {"accuracy", "refined_accuracy", "mean_rounds", "categories"}
+        assert e["train"]["train_tokens"] > 0 and e["selected"] > 0
+    assert report["iterations"][1]["pass_rate_histogram"] is not None
+    assert report["baseline"]["accuracy"] is not None and "max_iterations" in report["stopped"]["reason"]
+    assert (run_dir / "report.html").is_file()
+
+    # a third run finds everything finished and runs nothing
+    third = subprocess.run(_toolace(overrides), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert _history(run_dir) == history
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_job_runs_through_ray_job_submit(tmp_path):
+    """`ray start --head` on private ports and a private temp dir, `ray job submit -- toolace-r run`, `ray stop`."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    temp_dir = Path("/tmp") / f"tr_{os.getpid()}"  # Ray's socket paths must stay short
+    gcs_port, dash_port, client_port = _free_port(), _free_port(), _free_port()
+    env = dict(_env(), RAY_AUTH_MODE="disabled")  # STACK.md: token auth would make the submit CLI fail
+    start = [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+             f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        run_dir = tmp_path / "run"
+        overrides = tiny_overrides(run_dir) + ["run.max_iterations=1", "run.num_cpus=0"]
+        submit = [str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash_port}",
+                  f"--runtime-env-json={json.dumps({'env_vars': {'PYTHONPATH': str(REPO)}})}",
+                  "--", sys.executable, "-m", "toolace_r.cli", "run", *overrides]
+        job = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, job.stdout[-5000:] + job.stderr[-3000:]
+        assert "succeeded" in job.stdout.lower()
+        assert "joining the Ray cluster" in job.stdout  # the driver used the job's cluster, not a private Ray
+        report = rio.read_json(run_dir / "report.json")
+        assert len(report["iterations"]) == 1 and report["iterations"][0]["eval"]["accuracy"] is not None
+        assert report["stopped"]["reason"].startswith("max_iterations")
+    finally:
+        # stop only this head node: `ray stop` without --force acts on the processes of this machine's sessions,
+        # so point it at our temp dir's session via RAY_TMPDIR as well
+        subprocess.run([str(ray_bin), "stop"], env=dict(env, RAY_TMPDIR=str(temp_dir)), capture_output=True,
+                       timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
