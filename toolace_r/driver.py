@@ -307,7 +307,9 @@ def corpus_stage(cfg: Config, by_id: dict[str, Sample], rows: list[dict], ids: l
 def train_stage(cfg: Config, model_dir: str, corpus_path: str, out: Path) -> dict:
     from toolace_r.train import train
 
-    metrics = train(cfg, model_dir, corpus_path, str(out))
+    metrics = train(cfg, model_dir, corpus_path, str(out))  # → out/model, out/metrics.jsonl (per step)
+    if (out / "metrics.jsonl").is_file():
+        rio.write_text(out / "train_metrics.jsonl", (out / "metrics.jsonl").read_text())
     log.info("train: %s steps, loss %.3f → %.3f, %.0f tokens/s, model → %s", metrics.get("steps"),
              metrics.get("loss_first") or float("nan"), metrics.get("loss_last") or float("nan"),
              metrics.get("tokens_per_s") or 0.0, metrics["model_dir"])
