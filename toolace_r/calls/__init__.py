@@ -1,0 +1,26 @@
+"""Tool calls: the call language (parse/render, syntax.py), BFCL's decoder (bfcl.py) and the AST checker
+(checker.py). Everything the rest of the project needs is importable from here."""
+from toolace_r.calls.checker import Verdict, check, prepare_functions, standardize_string
+from toolace_r.calls.syntax import (
+    DECODERS,
+    calls_equal,
+    calls_from_objects,
+    parse_calls,
+    render_json,
+    render_openai,
+    render_python,
+)
+
+__all__ = [
+    "DECODERS",
+    "Verdict",
+    "calls_equal",
+    "calls_from_objects",
+    "check",
+    "parse_calls",
+    "prepare_functions",
+    "render_json",
+    "render_openai",
+    "render_python",
+    "standardize_string",
+]
