@@ -1,0 +1,108 @@
+"""Where samples come from: the training pool, evaluation sets, and text for training a tiny tokenizer.
+
+`load_pool` is what the driver calls for the pool the loop probes and selects from; `load_eval_spec` turns an eval
+spec (`builtin`, `bfcl:DIR`, `apibank:FILE_OR_DIR`, or any file a reader understands) into category → samples.
+Readers live in `formats.py`, the generated default pool in `default_pool.py`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from toolace_r.config import BuiltinPoolConfig, PoolConfig
+from toolace_r.data.default_pool import generate_pool
+from toolace_r.data.formats import ReadResult, read_bfcl, read_samples_file
+from toolace_r.data.prompts import NO_CALL_ANSWER, REFINE_INSTRUCTION, chat_messages, render_answer
+from toolace_r.data.schema import CATEGORIES, Sample
+from toolace_r.errors import DataError
+
+__all__ = ["ReadResult", "read_samples_file", "load_pool", "load_builtin", "load_eval_spec", "pool_texts",
+           "BFCL_CATEGORIES"]
+
+log = logging.getLogger(__name__)
+
+# BFCL v3 single-turn python categories evaluated by default for `bfcl:DIR` (java/javascript need their own type
+# rules; ask for them explicitly with `bfcl:DIR:java,javascript`).
+BFCL_CATEGORIES = CATEGORIES
+
+
+def load_builtin(cfg: BuiltinPoolConfig) -> tuple[list[Sample], list[Sample]]:
+    """(train, heldout) of the generated default pool: cfg.n_train / cfg.n_heldout samples from cfg.seed."""
+    train, heldout = generate_pool(cfg.n_train, cfg.n_heldout, cfg.seed)
+    log.info("built-in pool: %d train, %d held-out samples (seed %d)", len(train), len(heldout), cfg.seed)
+    return train, heldout
+
+
+def load_pool(pool_cfg: PoolConfig) -> list[Sample]:
+    """The training pool: the train part of the built-in pool, or every sample a reader finds in pool_cfg.path.
+    Skipped records (pool.on_error=skip) are counted and logged by the reader."""
+    if pool_cfg.path == "builtin":
+        train, _ = load_builtin(pool_cfg.builtin)
+        return train[: pool_cfg.limit] if pool_cfg.limit else train
+    result = read_samples_file(pool_cfg.path, pool_cfg.format, pool_cfg.on_error, limit=pool_cfg.limit)
+    if not result.samples:
+        raise DataError("no samples found (no record has a tool call)", path=pool_cfg.path)
+    return result.samples
+
+
+def _group(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        out[s.category].append(s)
+    return {c: out[c] for c in sorted(out, key=lambda c: (CATEGORIES.index(c) if c in CATEGORIES else 99, c))}
+
+
+def _limit(groups: dict[str, list[Sample]], limit: int) -> dict[str, list[Sample]]:
+    return {k: v[:limit] for k, v in groups.items()} if limit else groups
+
+
+def load_eval_spec(spec: str, limit: int = 0, builtin: BuiltinPoolConfig | None = None,
+                   on_error: str = "raise") -> dict[str, list[Sample]]:
+    """Eval spec → {category: samples}, at most `limit` per category (0 = all).
+
+    - `builtin`: the held-out split of the built-in pool (same seed as training, so no leaks), by category;
+    - `bfcl:DIR[:cat1,cat2]`: BFCL v3 question files (+ possible_answer/) in DIR, by BFCL category;
+    - `apibank:FILE_OR_DIR`: API-Bank in Hammer's structure; the key is the file stem (apibank_l1, apibank_l2);
+    - anything else: a file or HF datasets dir any reader understands, grouped by sample category.
+    """
+    kind, _, rest = spec.partition(":")
+    if spec == "builtin":
+        _, heldout = load_builtin(builtin or BuiltinPoolConfig())
+        return _limit(_group(heldout), limit)
+    if kind == "bfcl" and rest:
+        root, _, cats = rest.partition(":")
+        # a trailing ":cats" only when what follows looks like a category list, not a Windows drive or URL part
+        if cats and not re.fullmatch(r"[\w,]+", cats):
+            root, cats = rest, ""
+        wanted = [c for c in cats.split(",") if c] if cats else list(BFCL_CATEGORIES)
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise DataError(f"BFCL data directory {root} does not exist (spec {spec!r})")
+        out: dict[str, list[Sample]] = {}
+        for cat in wanted:
+            files = sorted(root_path.glob(f"BFCL_v*_{cat}.json"))
+            if not files:
+                raise DataError(f"no BFCL question file for category {cat!r} in {root} (spec {spec!r})")
+            out[cat] = read_bfcl(files[-1], on_error=on_error, limit=limit).samples
+        return out
+    if kind == "apibank" and rest:
+        target = Path(rest)
+        files = sorted(target.glob("*.json")) if target.is_dir() else [target]
+        if not files:
+            raise DataError(f"no API-Bank JSON files in {target} (spec {spec!r})")
+        return {f.stem: read_samples_file(f, "apibank", on_error, limit=limit).samples for f in files}
+    return _limit(_group(read_samples_file(spec, "auto", on_error).samples), limit)
+
+
+def pool_texts(samples: Iterable[Sample], style: str = "compact") -> Iterator[str]:
+    """Text a tiny tokenizer is trained on: each sample's rendered chat (system prompt with the tools, dialogue) and
+    its answer, plus the fixed refinement phrases, so that the model's whole input/output vocabulary is covered."""
+    yield REFINE_INSTRUCTION
+    yield NO_CALL_ANSWER
+    for s in samples:
+        for msg in chat_messages(s.tools, s.messages, style):
+            yield msg["content"]
+        yield render_answer(s.gold_calls())
