@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from toolace_r.data.schema import Sample
+from toolace_r.data.schema import Sample, _acceptable
 
 # ---------------------------------------------------------------------------------------------------------------
 # Value pools for slots
@@ -517,7 +517,7 @@ def _truth_entry(call: _Call) -> dict[str, dict[str, list[Any]]]:
     params: dict[str, list[Any]] = {}
     for p in call.tool.params:
         if p.name in call.args:
-            params[p.name] = [call.args[p.name]]
+            params[p.name] = [_acceptable(call.args[p.name])]  # dicts: acceptable lists per key (BFCL)
         elif not p.required and p.default is not None:
             params[p.name] = ["", p.default]
     return {call.tool.name: params}

@@ -168,6 +168,18 @@ def normalize_tool(tool: Any, where: str, ctx: _Ctx) -> dict[str, Any]:
     }
 
 
+def _relax_required(tools: list[dict[str, Any]], calls: list[dict[str, Any]]) -> None:
+    """Flat schemas (API-Bank, ToolRL) do not say which parameters are required, so `normalize_tool` guesses; a
+    parameter the record's own answer leaves out is evidently optional, and is dropped from `required` so the
+    reference answer passes the checker."""
+    by_name = {t["name"]: t for t in tools}
+    for call in calls:
+        tool = by_name.get(call["name"])
+        if tool is not None:
+            req = tool["parameters"]["required"]
+            req[:] = [r for r in req if r in call["arguments"]]
+
+
 def _tools_list(value: Any, field_name: str, ctx: _Ctx) -> list[dict[str, Any]]:
     if isinstance(value, str):
         try:
@@ -416,6 +428,7 @@ def read_apibank(record: dict, ctx: _Ctx) -> list[Sample]:
             messages.append({"role": _APIBANK_ROLES[msg["role"]], "content": content})
         else:
             raise ctx.error(f"unknown role {msg['role']!r}", where + ".role")
+    _relax_required(tools, calls)
     return [Sample(id=_base_id(record, ctx), tools=tools, messages=messages, truth=calls_to_truth(calls),
                    source=ctx.stem)]
 
@@ -491,6 +504,7 @@ def read_toolrl(record: dict, ctx: _Ctx) -> list[Sample]:
     calls = []
     for block in _TOOL_CALL_BLOCK.findall(_THINK.sub("", output)):
         calls += _toolrl_calls(block, out_field, ctx)
+    _relax_required(tools, calls)
     return [Sample(id=_base_id(record, ctx), tools=tools, messages=messages, truth=calls_to_truth(calls),
                    source=ctx.stem)]
 

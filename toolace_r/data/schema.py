@@ -59,17 +59,12 @@ class Sample:
         return bool(self.truth)
 
     def gold_calls(self) -> list[dict[str, Any]]:
-        """One concrete call list that satisfies the truth: the first acceptable value of each param, params whose
-        first acceptable value is "" (may be omitted) left out. Used as the training target."""
-        calls = []
-        for entry in self.truth:
-            ((name, params),) = entry.items()
-            args = {}
-            for pname, values in params.items():
-                if values and values[0] != "":  # "" first = may be omitted: leaving it out is the canonical answer
-                    args[pname] = values[0]
-            calls.append({"name": name, "arguments": args})
-        return calls
+        """One concrete call list that the checker accepts for the truth: the first acceptable value of each param,
+        params whose first acceptable value is "" (may be omitted) left out, BFCL's per-key acceptable lists inside
+        dict values resolved. Used as the training target. Delegates to the checker so the two cannot disagree."""
+        from toolace_r.calls.checker import gold_calls  # lazy: calls does not import data, keep it that way
+
+        return gold_calls(self.truth, self.tools)
 
 
 def infer_category(tools: list[dict[str, Any]], truth: list[dict[str, Any]]) -> str:
@@ -82,5 +77,14 @@ def infer_category(tools: list[dict[str, Any]], truth: list[dict[str, Any]]) -> 
 
 
 def calls_to_truth(calls: list[dict[str, Any]]) -> list[dict[str, dict[str, list[Any]]]]:
-    """Exact calls (name + arguments) → BFCL truth with one acceptable value per param."""
-    return [{c["name"]: {k: [v] for k, v in c.get("arguments", {}).items()}} for c in calls]
+    """Exact calls (name + arguments) → BFCL truth with one acceptable value per param. BFCL writes a dict value
+    with acceptable lists per key (`{"addr": [{"city": ["Rome"]}]}`), also for dicts inside a list; so do we."""
+    return [{c["name"]: {k: [_acceptable(v)] for k, v in c.get("arguments", {}).items()}} for c in calls]
+
+
+def _acceptable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: [v] for k, v in value.items()}
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [{k: [x] for k, x in v.items()} for v in value]
+    return value
