@@ -1,6 +1,6 @@
 """Tool calls: the call language (parse/render, syntax.py), BFCL's decoder (bfcl.py) and the AST checker
 (checker.py). Everything the rest of the project needs is importable from here."""
-from toolace_r.calls.checker import Verdict, check, prepare_functions, standardize_string
+from toolace_r.calls.checker import Verdict, check, gold_calls, prepare_functions, standardize_string
 from toolace_r.calls.syntax import (
     DECODERS,
     calls_equal,
@@ -17,6 +17,7 @@ __all__ = [
     "calls_equal",
     "calls_from_objects",
     "check",
+    "gold_calls",
     "parse_calls",
     "prepare_functions",
     "render_json",

@@ -384,5 +384,52 @@ def _list_dict_check(fname: str, param: str, value: list, acceptable: list) -> V
     return failure
 
 
+def gold_calls(truth: list[dict[str, Any]], functions: list[dict[str, Any]] | None = None) -> list[Call]:
+    """One concrete call list that the checker accepts for `truth` (the training target / reference answer).
+
+    Per param: a schema-required one takes its first acceptable value that is not ""; an optional one its first
+    acceptable value, left out when that is ""; one the schema does not know is left out when "" allows it. Dict
+    params (and arrays of dicts) hold acceptable lists per key in BFCL's truth, so their first choices are taken too.
+    """
+    fns = prepare_functions(functions) if functions is not None else None
+    calls = []
+    for entry in truth:
+        (name, params), = entry.items()
+        fn = fns.find(name) if fns is not None else None
+        required = set(fn.required) if fn is not None else set()
+        args: dict[str, Any] = {}
+        for p, acceptable in params.items():
+            choices = [a for a in acceptable if a != ""] if p in required else list(acceptable)
+            unknown = fn is not None and p not in fn.params
+            if not choices or choices[0] == "" or (unknown and "" in acceptable):
+                continue
+            expected, nested = (fn.params[p][1], fn.params[p][2]) if fn is not None and not unknown else (None, None)
+            args[p] = _concrete(choices[0], expected, nested)
+        calls.append({"name": name, "arguments": args})
+    return calls
+
+
+def _concrete(value: Any, expected: type | None, nested: type | None) -> Any:
+    """Resolve BFCL's per-key acceptable lists inside dict values (and lists of dicts) to their first choice."""
+    if expected is dict and isinstance(value, dict):
+        return _concrete_dict(value)
+    if expected is None and isinstance(value, dict) and all(isinstance(v, list) for v in value.values()):
+        return _concrete_dict(value)  # no schema: BFCL's dict-of-acceptables shape
+    if nested is dict and isinstance(value, list):
+        return [_concrete_dict(v) if isinstance(v, dict) else v for v in value]
+    return value
+
+
+def _concrete_dict(d: dict) -> dict:
+    out = {}
+    for k, allowed in d.items():
+        if isinstance(allowed, list):
+            if allowed and allowed[0] != "":  # "" first: the key may be left out
+                out[k] = allowed[0]
+        else:
+            out[k] = allowed
+    return out
+
+
 def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
