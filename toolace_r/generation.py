@@ -1,0 +1,227 @@
+"""Batched generation shared by probing, evaluation and serving.
+
+One `Generator` wraps a Hugging Face causal LM and its tokenizer. `generate(prompts, n=k, ...)` returns k answers
+per prompt. What makes it fast on a CPU as well as on a GPU:
+
+- prompts are tokenized once and sorted by length (longest first, so an out-of-memory shows up in the first batch),
+  then cut into batches: each batch pads to a similar length, so little compute goes into padding;
+- left padding, so every row's next token sits in the same (last) column;
+- the k sampled answers of a prompt share its prompt: the prompt is run through the model once, its KV cache is
+  copied k times, and only the answers are decoded k-fold (`share_prefix=True`, the default). Plain
+  `num_return_sequences` would run the prompt k times; on tool-calling prompts (a long tool list, a short answer)
+  the prompt is most of the work (benchmarks/probe_throughput.py measures both);
+- greedy decoding (temperature 0) computes one answer and copies it n times: the n answers are identical anyway.
+
+Sampling is deterministic given `seed`: the torch RNG is reseeded per batch (seed + batch index) inside
+`torch.random.fork_rng`, so the caller's RNG state is untouched and the same inputs give the same answers.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from transformers import LogitsProcessor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    text: str  # decoded answer, special tokens removed, up to (excluding) EOS
+    n_tokens: int  # generated tokens up to and excluding EOS / padding
+
+
+class Generator:
+    """Batched `model.generate` with left padding, length-sorted batches and k answers per prompt."""
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id: int = self.tokenizer.pad_token_id
+        self.stop_ids: set[int] = _stop_ids(model, tokenizer)
+        # Running totals, for benchmarks and logs: real prompt tokens vs. the padded grid actually computed.
+        self.stats = {"prompts": 0, "prompt_tokens": 0, "padded_prompt_tokens": 0, "generated_tokens": 0}
+        # transformers 5 renamed `past_key_values` to `cache` and 4.50 `num_logits_to_keep` to `logits_to_keep`.
+        forward_args = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._logits_arg = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in forward_args), None)
+
+    @classmethod
+    def from_path(
+        cls, path: str, dtype: str = "auto", device: str | torch.device | None = None, trust_remote_code: bool = False
+    ) -> "Generator":
+        """Load with `models.load_model`: bf16 on a GPU when there is one, fp32 on CPU (models.pick_dtype)."""
+        from toolace_r.models import load_model
+
+        model, tokenizer = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 128,
+        seed: int = 0,
+        batch_size: int = 32,
+        logits_processor: Any = None,
+        share_prefix: bool = True,
+    ) -> list[list["Generation"]]:
+        """`n` answers for each prompt, in prompt order. temperature 0 = greedy (n identical answers).
+
+        `batch_size` counts prompts per `model.generate` call (each expands to n rows when sampling).
+        `logits_processor` (a transformers LogitsProcessorList) constrains decoding, e.g. a grammar.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not prompts:
+            return []
+        greedy = temperature <= 0.0
+        draws = 1 if greedy else n
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        self._check_lengths(encoded, max_new_tokens)
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+        results: list[list[Generation]] = [[] for _ in prompts]
+        for batch_index, start in enumerate(range(0, len(order), batch_size)):
+            idx = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, padding=True, return_tensors="pt")
+            with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+                torch.manual_seed(seed + batch_index)
+                rows = self._generate_batch(
+                    batch["input_ids"], batch["attention_mask"], draws, greedy, temperature, top_p,
+                    max_new_tokens, logits_processor, share_prefix,
+                )
+            for j, i in enumerate(idx):
+                answers = [self._decode(r) for r in rows[j * draws : (j + 1) * draws]]
+                results[i] = answers * n if greedy else answers
+                self.stats["generated_tokens"] += sum(a.n_tokens for a in answers)
+            self.stats["prompts"] += len(idx)
+            self.stats["prompt_tokens"] += int(batch["attention_mask"].sum())
+            self.stats["padded_prompt_tokens"] += batch["input_ids"].numel()
+        return results
+
+    # --- internals ------------------------------------------------------------------------------------------------
+    def _generation_config(self, greedy: bool, temperature: float, top_p: float, max_new_tokens: int, returns: int):
+        from transformers import GenerationConfig
+
+        # Our config is the authority on the sampling distribution: top_k and repetition penalties a checkpoint ships
+        # with are switched off, so that a pass rate means the same thing for every model.
+        sampling = {} if greedy else {"temperature": float(temperature), "top_p": float(top_p)}
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=returns,
+            do_sample=not greedy,
+            top_k=0 if not greedy else None,
+            repetition_penalty=1.0,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.stop_ids) or None,
+            **sampling,
+        )
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, input_ids, attention_mask, draws, greedy, temperature, top_p, max_new_tokens, logits_processor, share_prefix
+    ) -> torch.Tensor:
+        """Generated token ids, `draws` consecutive rows per prompt, prompt columns cut off."""
+        device = self.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        prompt_len = input_ids.shape[1]
+        shared = draws > 1 and share_prefix and prompt_len > 1
+        gen_config = self._generation_config(greedy, temperature, top_p, max_new_tokens, 1 if shared else draws)
+        kwargs: dict[str, Any] = {"generation_config": gen_config}
+        if logits_processor is not None:
+            kwargs["logits_processor"] = logits_processor
+        if shared:
+            # Run the prompt (all but its last token) once, then copy its KV cache for the k draws; generate() only
+            # computes the uncached last prompt token and the answers.
+            prefix_kwargs = {self._cache_arg: None, "use_cache": True}
+            if self._logits_arg:
+                prefix_kwargs[self._logits_arg] = 1  # the prefix's logits are not needed: skip the vocab projection
+            out = self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], **prefix_kwargs)
+            prefix = getattr(out, self._cache_arg)
+            prefix.batch_repeat_interleave(draws)
+            kwargs[self._cache_arg] = prefix
+            input_ids = input_ids.repeat_interleave(draws, dim=0)
+            attention_mask = attention_mask.repeat_interleave(draws, dim=0)
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return out[:, prompt_len:].cpu()
+
+    def _decode(self, row: torch.Tensor) -> Generation:
+        tokens = row.tolist()
+        end = next((i for i, t in enumerate(tokens) if t in self.stop_ids or t == self.pad_id), len(tokens))
+        text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        return Generation(text=text.strip(), n_tokens=end)
+
+    def _check_lengths(self, encoded: list[list[int]], max_new_tokens: int) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if not limit:
+            return
+        longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
+        if len(encoded[longest]) + max_new_tokens > limit:
+            from toolace_r.errors import ToolaceError
+
+            raise ToolaceError(
+                f"prompt {longest} has {len(encoded[longest])} tokens; with max_new_tokens={max_new_tokens} it exceeds "
+                f"the model's max_position_embeddings={limit}"
+            )
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """EOS ids from the model's generation config (may be a list, e.g. Qwen's <|im_end|> and <|endoftext|>) and the
+    tokenizer."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(x) for x in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+class ForceTokens(LogitsProcessor):
+    """A logits processor that makes the model emit a given continuation (then EOS) after given prompts, through the
+    ordinary `generate` path; rows whose prompt is not listed decode freely.
+
+    Why: to replay known answers through the real decoding, parsing and checking code (tests force a model to say
+    the gold answer and expect pass rate 1), or to score a fixed answer with the same sampling settings.
+    `forced` maps a prompt's token ids (as the Generator encodes it: no added special tokens) to the answer's ids.
+    """
+
+    def __init__(self, forced: dict[tuple[int, ...], list[int]], pad_id: int, eos_id: int):
+        self.forced = {tuple(p): list(a) + [eos_id] for p, a in forced.items()}
+        self.pad_id = pad_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, ids in enumerate(input_ids.tolist()):
+            start = next((i for i, t in enumerate(ids) if t != self.pad_id), len(ids))
+            ids = ids[start:]
+            for prompt, answer in self.forced.items():
+                if len(ids) >= len(prompt) and tuple(ids[: len(prompt)]) == prompt:
+                    step = len(ids) - len(prompt)
+                    token = answer[min(step, len(answer) - 1)]
+                    scores[row, :] = float("-inf")
+                    scores[row, token] = 0.0
+                    break
+        return scores
+
+    @classmethod
+    def for_texts(cls, tokenizer: Any, forced_texts: dict[str, str]) -> "ForceTokens":
+        """Prompt text → answer text, encoded exactly as Generator encodes prompts."""
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return cls({tuple(encode(p)): encode(a) for p, a in forced_texts.items()}, tokenizer.pad_token_id,
+                   tokenizer.eos_token_id)
