@@ -2,7 +2,6 @@
 a driver SIGKILLed during training and rerun, and the job run through `ray job submit` on a local head node."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -152,6 +151,48 @@ def _wait_for(predicate, timeout: float, what: str, proc=None):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _kill_session(sid: int, grace_s: float = 5.0) -> None:
+    """End every process of the session `sid` (one this test started with start_new_session=True): the driver or
+    `ray start`, and every Ray process they spawned (Ray workers change process group, but not session)."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        pids = _session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline and _session_pids(sid):
+            time.sleep(0.2)
+
+
+def _run_logged(cmd: list[str], log_path: Path, timeout: float, env: dict | None = None) -> tuple[int, str]:
+    """Run `cmd` in its own session with output to a file (daemons it spawns may hold on to a pipe); afterwards end
+    whatever it left running."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env or _env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        finally:
+            _kill_session(proc.pid)
+    return rc, log_path.read_text()
+
+
 def _history(run_dir: Path) -> list[tuple[str, str]]:
     return [(h["stage"], h["event"]) for h in rio.read_json(run_dir / "state.json")["history"]]
 
@@ -170,20 +211,18 @@ def test_driver_killed_during_training_resumes_without_redoing_stages(tmp_path):
         _wait_for(training_started, 600, "iteration 0 training to start", proc)
         time.sleep(8)  # let Ray Train get going
         assert proc.poll() is None, "driver finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its session
+        os.kill(proc.pid, signal.SIGKILL)  # the driver process, mid-training
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_session(proc.pid)  # whatever of its local Ray did not die with it
         log1.close()
     before = rio.read_json(run_dir / "state.json")
     assert "iter_000/train" not in before["stages"]
     finished_before = {k: v["finished_at"] for k, v in before["stages"].items()}
     assert {"pool", "base_model", "baseline/eval", "iter_000/select", "iter_000/corpus"} <= finished_before.keys()
 
-    second = subprocess.run(_toolace(overrides), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900,
-                            start_new_session=True)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-5000:]
+    rc, output = _run_logged(_toolace(overrides), tmp_path / "second.log", timeout=900)
+    assert rc == 0, output[-6000:]
     after = rio.read_json(run_dir / "state.json")
     for key, finished_at in finished_before.items():  # finished stages kept their first result, not redone
         assert after["stages"][key]["finished_at"] == finished_at, key
@@ -208,8 +247,8 @@ def test_driver_killed_during_training_resumes_without_redoing_stages(tmp_path):
     assert (run_dir / "report.html").is_file()
 
     # a third run finds everything finished and runs nothing
-    third = subprocess.run(_toolace(overrides), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0, third.stderr[-3000:]
+    rc, output = _run_logged(_toolace(overrides), tmp_path / "third.log", timeout=300)
+    assert rc == 0, output[-3000:]
     assert _history(run_dir) == history
 
 
@@ -229,24 +268,25 @@ def test_job_runs_through_ray_job_submit(tmp_path):
     start = [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
              f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stdout + started.stderr
+    head_log = open(tmp_path / "ray_start.log", "w")
+    head = subprocess.Popen(start, env=env, stdout=head_log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own session: the cleanup below ends exactly this cluster
     try:
+        assert head.wait(timeout=180) == 0, (tmp_path / "ray_start.log").read_text()
         run_dir = tmp_path / "run"
         overrides = tiny_overrides(run_dir) + ["run.max_iterations=1", "run.num_cpus=0"]
-        submit = [str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash_port}",
-                  f"--runtime-env-json={json.dumps({'env_vars': {'PYTHONPATH': str(REPO)}})}",
+        # as in the README: the repo is shipped as the job's working dir (.gitignore'd files stay behind)
+        submit = [str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", str(REPO),
                   "--", sys.executable, "-m", "toolace_r.cli", "run", *overrides]
-        job = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-        assert job.returncode == 0, job.stdout[-5000:] + job.stderr[-3000:]
-        assert "succeeded" in job.stdout.lower()
-        assert "joining the Ray cluster" in job.stdout  # the driver used the job's cluster, not a private Ray
+        rc, output = _run_logged(submit, tmp_path / "job.log", timeout=900, env=env)
+        assert rc == 0, output[-6000:]
+        assert "succeeded" in output.lower()
+        assert "joining the Ray cluster" in output  # the driver used the job's cluster, not a private Ray
         report = rio.read_json(run_dir / "report.json")
         assert len(report["iterations"]) == 1 and report["iterations"][0]["eval"]["accuracy"] is not None
         assert report["stopped"]["reason"].startswith("max_iterations")
     finally:
-        # stop only this head node: `ray stop` without --force acts on the processes of this machine's sessions,
-        # so point it at our temp dir's session via RAY_TMPDIR as well
-        subprocess.run([str(ray_bin), "stop"], env=dict(env, RAY_TMPDIR=str(temp_dir)), capture_output=True,
-                       timeout=120)
+        # Not `ray stop`: it would stop every Ray on this machine, other people's too. End this head node's session.
+        _kill_session(head.pid)
+        head_log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
