@@ -548,26 +548,27 @@ def _distractors(rng: random.Random, exclude_groups: set[str], n: int, prefer_do
     return chosen
 
 
-def _make(rng: random.Random, category: str) -> tuple[list[Tool], list[_Call], str]:
-    """(offered tools, calls, request text) for one sample of `category`; calls is [] for irrelevance, where the
-    request is for a tool that is not offered."""
+def _make(rng: random.Random, category: str) -> tuple[list[Tool], list[_Call], list[_Call], str]:
+    """(offered tools, expected calls, requested calls, request text) for one sample of `category`. For
+    irrelevance the request is for a tool that is not offered: expected [] but one requested call (it still counts
+    for the held-out leak check)."""
     if category in ("simple", "multiple", "irrelevance"):
         tool = rng.choice(TOOLS)
         call = _draw_call(rng, tool)
         if category == "simple":
-            return [tool], [call], call.text
+            return [tool], [call], [call], call.text
         if category == "multiple":
             offered = [tool] + _distractors(rng, {tool.group}, rng.randint(2, 4), tool.domain)
             rng.shuffle(offered)
-            return offered, [call], call.text
+            return offered, [call], [call], call.text
         offered = _distractors(rng, {tool.group}, rng.randint(1, 4), tool.domain)
-        return offered, [], call.text
+        return offered, [], [call], call.text
     if category == "parallel":
         tool = rng.choice(TOOLS)
         calls = [_draw_call(rng, tool)]
         for _ in range(rng.choice([1, 1, 2])):
             calls.append(_draw_call(rng, tool, avoid=calls[-1].args))
-        return [tool], calls, _join(rng, [c.text for c in calls])
+        return [tool], calls, calls, _join(rng, [c.text for c in calls])
     # parallel_multiple: 2 different tools (sometimes 3), each called once, among 3–5 candidates
     n_tools = rng.choice([2, 2, 3])
     picked: list[Tool] = []
@@ -580,7 +581,7 @@ def _make(rng: random.Random, category: str) -> tuple[list[Tool], list[_Call], s
     n_offered = rng.randint(3, 5 if n_tools == 2 else 4)  # keeps the longest prompts under ~500 tokens
     offered = picked + _distractors(rng, {t.group for t in picked}, n_offered - n_tools, picked[0].domain)
     rng.shuffle(offered)
-    return offered, calls, _join(rng, [c.text for c in calls])
+    return offered, calls, calls, _join(rng, [c.text for c in calls])
 
 
 def _generate(rng: random.Random, n: int, split: str, banned: set[tuple], seen: set[tuple]) -> tuple[list[Sample], set]:
@@ -595,8 +596,8 @@ def _generate(rng: random.Random, n: int, split: str, banned: set[tuple], seen: 
         if attempts > 50 * n + 1000:
             raise RuntimeError(f"default pool: could not draw {n} distinct {split} samples")
         category = rng.choices(categories, weights)[0]
-        offered, calls, text = _make(rng, category)
-        call_keys = {c.key() for c in calls}
+        offered, calls, requested, text = _make(rng, category)
+        call_keys = {c.key() for c in requested}
         dedupe = (text, tuple(t.name for t in offered))
         if call_keys & banned or dedupe in seen:
             continue
