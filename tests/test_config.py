@@ -1,0 +1,89 @@
+"""The typed config: YAML ← key=value overrides; unknown keys, wrong types and bad choices name the key and file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolace_r.config import Config, load_config, to_dict, to_yaml
+from toolace_r.errors import ConfigError
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_typed_dataclasses():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.pool.path == "builtin" and cfg.probe.k == 8 and cfg.select.policy == "learnable"
+    assert isinstance(cfg.train.betas, list) and cfg.eval.generation.temperature == 0.0
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = write(tmp_path, "probe:\n  k: 4\n  generation:\n    temperature: 0.5\nrun:\n  dir: runs/x\n")
+    cfg = load_config(path, ["probe.k=6", "train.lr=0.001", "eval.data=[builtin,bfcl:/d]", "train.lora.enabled=true"])
+    assert cfg.probe.k == 6  # command line wins over the file
+    assert cfg.probe.generation.temperature == 0.5 and cfg.run.dir == "runs/x"
+    assert cfg.train.lr == pytest.approx(0.001) and cfg.train.lora.enabled is True
+    assert cfg.eval.data == ["builtin", "bfcl:/d"]
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path):
+    path = write(tmp_path, "probe:\n  kk: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "probe.kk" in str(err.value)
+
+
+def test_wrong_type_in_file_names_key_and_file(tmp_path):
+    path = write(tmp_path, "train:\n  max_steps: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "train.max_steps" in str(err.value)
+
+
+@pytest.mark.parametrize("override,key", [("probe.kk=3", "probe.kk"), ("probe.k=abc", "probe.k"),
+                                          ("nosuch.section=1", "nosuch")])
+def test_bad_override_names_key_and_command_line(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert "command line" in str(err.value) and key in str(err.value)
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="'probe.k' is not of the form key=value"):
+        load_config(None, ["probe.k"])
+
+
+@pytest.mark.parametrize("override,key", [("select.policy=best", "select.policy"),
+                                          ("pool.on_error=ignore", "pool.on_error"),
+                                          ("train.zero_stage=4", "train.zero_stage"),
+                                          ("model.prompt_style=fancy", "model.prompt_style")])
+def test_choices_are_checked(override, key):
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        load_config(None, [override])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "probe: [k: 4\n"))
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(None, ["probe.k=3", "serve.port=9001"])
+    again = load_config(write(tmp_path, to_yaml(cfg)))
+    assert to_dict(again) == to_dict(cfg)
+
+
+@pytest.mark.parametrize("job", sorted(p.name for p in JOBS.glob("*.yaml")) or ["(none)"])
+def test_every_job_file_loads(job):
+    if job == "(none)":
+        pytest.skip("no job YAML files under jobs/ yet")
+    assert isinstance(load_config(JOBS / job), Config)
