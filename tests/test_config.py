@@ -82,7 +82,14 @@ def test_yaml_round_trip(tmp_path):
     assert to_dict(again) == to_dict(cfg)
 
 
-@pytest.mark.parametrize("job", sorted(p.name for p in JOBS.glob("*.yaml")) or ["(none)"])
+def _job_files() -> list[str]:
+    """toolace-r job configs under jobs/ (Ray Serve config files there, with `applications:`, are not ours)."""
+    import yaml
+
+    return sorted(p.name for p in JOBS.glob("*.yaml") if "applications" not in (yaml.safe_load(p.read_text()) or {}))
+
+
+@pytest.mark.parametrize("job", _job_files() or ["(none)"])
 def test_every_job_file_loads(job):
     if job == "(none)":
         pytest.skip("no job YAML files under jobs/ yet")
