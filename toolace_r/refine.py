@@ -1,0 +1,388 @@
+"""Adaptive self-refinement at inference (PAPER.md §3): answer, then let the model check its own answer until two
+rounds agree.
+
+Round 1 answers the request. Round r > 1 shows the model its previous answer with the fixed instruction
+(`prompts.refine_messages`) and asks again. An item stops when its parsed calls equal the previous round's
+(`calls.calls_equal`: order-insensitive; two no-call answers are equal; an unparseable answer never counts as stable)
+or at `max_rounds`. Many items refine together in one batch and each stops on its own.
+
+Why a decoder of our own rather than `model.generate`: the two things that make later rounds cheap need control over
+the KV cache between rounds.
+
+- Prefix reuse. Round r's prompt is round 1's prompt + round 1's answer + the instruction (the chat template appends
+  turns), so the cache built while answering round 1 already holds most of it. We tokenise round r's full prompt,
+  keep the cached tokens up to the longest common prefix with it, and feed only the rest. Where BPE merges across the
+  boundary change the tokens, the common prefix is simply shorter (down to a full recompute); the tokens the model sees
+  are always exactly those of the full prompt, so the result equals recomputing from scratch.
+- Draft verification (greedy only). A model that means to keep its answer will reproduce the previous answer token by
+  token. We feed that answer as a draft right after the prompt, in the same forward pass, and accept the longest
+  prefix the model's own argmax agrees with (as speculative decoding verifies a draft). The first disagreement is the
+  model's next token; plain decoding continues from there. A stable round then costs one forward pass.
+
+Batching without moving memory: every row of the batch shares one `DynamicCache`. New tokens of different lengths are
+left-padded into one block; the 2-D attention mask marks pads, rejected draft tokens and dropped suffixes as holes, and
+explicit `position_ids` count only the real tokens of a row, so each row sees exactly its own sequence. Rows whose
+refinement is finished leave the batch (`batch_select_indices`).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from toolace_r.data import prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RefineItem:
+    tools: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+
+
+@dataclass
+class RefineResult:
+    answer: str  # the last round's answer text
+    calls: list[dict[str, Any]] | None  # its parsed calls; None when it does not parse
+    rounds: int  # rounds used (1 = the first answer only)
+    tokens: int  # tokens generated over all rounds (EOS included: each costs a decoding step)
+    first_answer: str  # round 1's answer: the single-pass answer
+    forward_passes: int  # forward passes this item took part in (a verified draft costs one)
+    answers: list[str] = field(default_factory=list)  # every round's answer, in order
+
+
+@dataclass
+class RoundStats:
+    """What one refinement round cost the whole batch (for benchmarks and logs)."""
+    items: int = 0
+    forward_passes: int = 0  # model calls (each runs the whole batch)
+    tokens_fed: int = 0  # real (non-pad) tokens fed
+    tokens_generated: int = 0
+    draft_tokens: int = 0
+    draft_accepted: int = 0
+    time_s: float = 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end an answer: the tokenizer's EOS and any EOS the model's generation config names."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token and the model's generation config names none")
+    return ids
+
+
+class CachedBatch:
+    """Rows that share one KV cache, each with its own logical token sequence.
+
+    `seqs[b]` is the sequence row b's next token is conditioned on; `slots[b][i]` is where its i-th token sits in the
+    cache. Dropping a row's tail ("crop") only clears those mask slots, so rows never need the same length.
+    """
+
+    def __init__(self, model: Any, pad_id: int, n_rows: int):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.pad_id = pad_id
+        try:
+            self.cache = DynamicCache(config=model.config)
+        except TypeError:  # older transformers
+            self.cache = DynamicCache()
+        self.mask = torch.zeros((n_rows, 0), dtype=torch.long, device=self.device)
+        self.seqs: list[list[int]] = [[] for _ in range(n_rows)]
+        self.slots: list[list[int]] = [[] for _ in range(n_rows)]
+        self.forward_calls = 0
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def rows(self) -> int:
+        return len(self.seqs)
+
+    def feed(self, segments: list[list[int]], keep: int = 1) -> torch.Tensor:
+        """Append segments[b] to row b (empty = nothing for that row) in one forward pass; return the logits of the
+        last `keep` positions, [rows, keep, vocab]. Segments are left-padded so every row's last token sits at -1."""
+        width = max(len(s) for s in segments)
+        if width == 0:
+            raise ValueError("feed() needs at least one token")
+        keep = min(keep, width)
+        start = self.mask.shape[1]
+        ids = torch.full((self.rows, width), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((self.rows, width), dtype=torch.long)
+        positions = torch.zeros((self.rows, width), dtype=torch.long)
+        for b, seg in enumerate(segments):
+            if not seg:
+                positions[b, :] = max(len(self.seqs[b]) - 1, 0)
+                continue
+            off = width - len(seg)
+            ids[b, off:] = torch.tensor(seg, dtype=torch.long)
+            new_mask[b, off:] = 1
+            positions[b, :off] = len(self.seqs[b])
+            positions[b, off:] = torch.arange(len(self.seqs[b]), len(self.seqs[b]) + len(seg))
+            self.slots[b].extend(range(start + off, start + width))
+            self.seqs[b].extend(seg)
+        self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=self.mask,
+            position_ids=positions.to(self.device),
+            use_cache=True,
+            logits_to_keep=keep,
+            **{self._cache_kw: self.cache},
+        )
+        self.forward_calls += 1
+        return out.logits[:, -keep:, :]
+
+    def crop(self, b: int, length: int) -> None:
+        """Keep only the first `length` tokens of row b's sequence (the rest become holes in the mask)."""
+        if length >= len(self.seqs[b]):
+            return
+        dropped = self.slots[b][length:]
+        if dropped:
+            self.mask[b, torch.tensor(dropped, device=self.device)] = 0
+        del self.seqs[b][length:], self.slots[b][length:]
+
+    def select(self, keep_rows: list[int]) -> None:
+        """Keep only these rows (in this order)."""
+        if keep_rows == list(range(self.rows)):
+            return
+        index = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.seqs = [self.seqs[i] for i in keep_rows]
+        self.slots = [self.slots[i] for i in keep_rows]
+
+
+class _Picker:
+    """Greedy argmax, or temperature sampling from a seeded generator."""
+
+    def __init__(self, temperature: float, seed: int, device: torch.device):
+        self.temperature = temperature
+        self.generator = None
+        if temperature > 0:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature <= 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=self.generator).reshape(probs.shape[:-1])
+
+
+def _decode_round(
+    batch: CachedBatch,
+    segments: list[list[int]],
+    drafts: list[list[int]] | None,
+    pick: _Picker,
+    eos: set[int],
+    max_new_tokens: int,
+    stats: RoundStats,
+    passes: list[int],
+) -> list[list[int]]:
+    """One answer per row: feed each row's new prompt tokens (+ its draft), then decode until EOS or the token limit.
+    Returns the generated ids per row (EOS included when reached). `passes[b]` counts forward passes row b took part in."""
+    rows = batch.rows
+    drafts = drafts or [[] for _ in range(rows)]
+    drafts = [d[:max_new_tokens] for d in drafts]
+    keep = max(len(d) for d in drafts) + 1
+    prompt_lens = [len(batch.seqs[b]) + len(segments[b]) for b in range(rows)]
+    logits = batch.feed([segments[b] + drafts[b] for b in range(rows)], keep=keep)
+    stats.forward_passes += 1
+    stats.tokens_fed += sum(len(segments[b]) + len(drafts[b]) for b in range(rows))
+    choice = pick(logits)  # [rows, keep]
+    outs: list[list[int]] = []
+    done = []
+    for b in range(rows):
+        passes[b] += 1
+        d = drafts[b]
+        preds = choice[b, keep - len(d) - 1:].tolist()  # preds[i] = the model's token after prompt + d[:i]
+        accepted = 0
+        while accepted < len(d) and preds[accepted] == d[accepted]:
+            accepted += 1
+        stats.draft_tokens += len(d)
+        stats.draft_accepted += accepted
+        out = list(d[:accepted])
+        finished = bool(out) and (out[-1] in eos or len(out) >= max_new_tokens)
+        if not finished:
+            out.append(preds[accepted])
+            # the draft tokens after the accepted ones were fed but are not part of this row's sequence
+            batch.crop(b, prompt_lens[b] + accepted)
+        outs.append(out)
+        done.append(out[-1] in eos or len(out) >= max_new_tokens)
+    while not all(done):
+        step = [[] if done[b] else [outs[b][-1]] for b in range(rows)]
+        logits = batch.feed(step, keep=1)
+        stats.forward_passes += 1
+        stats.tokens_fed += sum(len(s) for s in step)
+        nxt = pick(logits[:, -1, :]).tolist()
+        for b in range(rows):
+            if done[b]:
+                continue
+            passes[b] += 1
+            outs[b].append(int(nxt[b]))
+            done[b] = outs[b][-1] in eos or len(outs[b]) >= max_new_tokens
+    stats.tokens_generated += sum(len(o) for o in outs)
+    return outs
+
+
+def _parse(text: str) -> list[dict[str, Any]] | None:
+    from toolace_r.calls import parse_calls
+    from toolace_r.errors import CallParseError
+
+    try:
+        return parse_calls(text)
+    except CallParseError:
+        return None
+
+
+def _stable(calls: list | None, previous: list | None) -> bool:
+    from toolace_r.calls import calls_equal
+
+    return calls is not None and previous is not None and calls_equal(calls, previous)
+
+
+@torch.inference_mode()
+def adaptive_refine(
+    model: Any,
+    tokenizer: Any,
+    items: list[RefineItem],
+    max_rounds: int = 3,
+    max_new_tokens: int = 128,
+    style: str = "toolace",
+    draft_verify: bool = True,
+    reuse_prefix: bool = True,
+    temperature: float = 0.0,
+    *,
+    batch_size: int = 16,
+    adaptive: bool = True,
+    seed: int = 0,
+    stats: dict[int, RoundStats] | None = None,
+) -> list[RefineResult]:
+    """Answer every item, then refine each until two consecutive rounds agree or `max_rounds` (see module doc).
+
+    `adaptive=False` always runs `max_rounds` rounds (the fixed-rounds baseline). `stats`, when given, is filled with
+    the cost of each round number across all batches. Draft verification applies to greedy decoding only; with
+    temperature > 0 it is switched off (a sampled answer is not the argmax the draft is checked against).
+    """
+    if max_rounds < 1:
+        raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    draft_verify = draft_verify and temperature <= 0
+    eos = stop_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    device = next(model.parameters()).device
+    pick = _Picker(temperature, seed, device)
+    stats = stats if stats is not None else {}
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(ids: list[int]) -> str:
+        if ids and ids[-1] in eos:
+            ids = ids[:-1]
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    first_prompts = [encode(prompts.render_prompt(tokenizer, it.tools, it.messages, style)) for it in items]
+    order = sorted(range(len(items)), key=lambda i: -len(first_prompts[i]))  # similar lengths share a batch
+    results: list[RefineResult | None] = [None] * len(items)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for i, res in zip(chunk, _refine_batch(
+            model, tokenizer, [items[i] for i in chunk], [first_prompts[i] for i in chunk], encode, decode,
+            pick, eos, pad_id, max_rounds, max_new_tokens, style, draft_verify, reuse_prefix, adaptive, stats,
+        )):
+            results[i] = res
+    return results  # type: ignore[return-value]
+
+
+def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, eos, pad_id, max_rounds,
+                  max_new_tokens, style, draft_verify, reuse_prefix, adaptive, stats) -> list[RefineResult]:
+    n = len(items)
+    device = next(model.parameters()).device
+    answers: list[list[str]] = [[] for _ in range(n)]
+    answer_ids: list[list[int]] = [[] for _ in range(n)]
+    calls: list[list | None] = [None] * n
+    tokens = [0] * n
+    passes = [0] * n
+    active = list(range(n))  # item indices still refining, in batch-row order
+    batch: CachedBatch | None = None
+    for rnd in range(1, max_rounds + 1):
+        st = stats.setdefault(rnd, RoundStats())
+        st.items += len(active)
+        _sync(device)
+        t0 = time.perf_counter()
+        if rnd == 1:
+            full = [first_prompts[i] for i in active]
+        else:
+            full = [encode(prompts.render_prompt(tokenizer, items[i].tools, items[i].messages, style,
+                                                 previous_answer=answers[i][-1])) for i in active]
+        if batch is None or not reuse_prefix:
+            batch = CachedBatch(model, pad_id, len(active))
+            segments = full
+        else:
+            segments = []
+            for row, ids in enumerate(full):
+                # keep the cached tokens the new prompt starts with; always feed at least one token
+                keep = min(_common_prefix(batch.seqs[row], ids), len(ids) - 1)
+                batch.crop(row, keep)
+                segments.append(ids[keep:])
+        drafts = [answer_ids[i] for i in active] if (draft_verify and rnd > 1) else None
+        row_passes = [0] * len(active)
+        outs = _decode_round(batch, segments, drafts, pick, eos, max_new_tokens, st, row_passes)
+        _sync(device)
+        st.time_s += time.perf_counter() - t0
+        still: list[int] = []
+        for row, i in enumerate(active):
+            text = decode(outs[row])
+            parsed = _parse(text)
+            stable = rnd > 1 and _stable(parsed, calls[i])
+            answers[i].append(text)
+            answer_ids[i] = outs[row]
+            calls[i] = parsed
+            tokens[i] += len(outs[row])
+            passes[i] += row_passes[row]
+            if rnd < max_rounds and not (adaptive and stable):
+                still.append(row)
+        if not still:
+            break
+        batch.select(still)
+        active = [active[row] for row in still]
+    return [
+        RefineResult(answer=answers[i][-1], calls=calls[i], rounds=len(answers[i]), tokens=tokens[i],
+                     first_answer=answers[i][0], forward_passes=passes[i], answers=answers[i])
+        for i in range(n)
+    ]
+
+
+def refine_config_kwargs(refine_cfg: Any) -> dict[str, Any]:
+    """The adaptive_refine options a RefineConfig carries."""
+    return {"max_rounds": refine_cfg.max_rounds, "draft_verify": refine_cfg.draft_verify,
+            "reuse_prefix": refine_cfg.reuse_prefix}
