@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["select"].add_argument("--probe", required=True, help="probe results (parquet dir or file)")
     parsers["select"].add_argument("--out", help="output directory (default: next to the probe results)")
     parsers["select"].add_argument("--iteration", type=int, default=1, help="iteration number (0 = seed subset)")
+    parsers["select"].add_argument("--previous", help="previous selection.json (with select.accumulate: union with it)")
     parsers["train"].add_argument("--data", help="training samples (a pool file / dir, or a corpus written by the driver)")
     parsers["train"].add_argument("--out", help="output directory for the trained model and metrics")
     parsers["eval"].add_argument("--model", help="model dir (overrides model.path)")
