@@ -60,26 +60,51 @@ _HEAD_RE = re.compile(r"[^\s()\[\]{}\"'`,;:!?=<>]+\(")
 # A name with spaces ("Market Trends API(") counts as a call attempt only when the text also ends like a call.
 _SPACED_HEAD_RE = re.compile(r"[A-Za-z_/][\w./\- ]{0,120}\(")
 # A call list inside prose: "Here you go: [get_weather(city="Paris")]".
-_EMBEDDED_RE = re.compile(r"\[\s*[A-Za-z_/][\w./\-]*(?: [\w./\-]+)*\s*\(")
+_EMBEDDED_RE = re.compile(r"\[[ \t]*[A-Za-z_/][\w./\-]{0,80}(?: [\w./\-]{1,80}){0,8}[ \t]*\(")
 
 
 def _parse_lenient(text: str) -> list[Call]:
-    s = text
-    if "<think>" in s:
-        s = _THINK_RE.sub("", s)
-    s = s.strip()
+    s = text.strip()
     if not s:
         return []
+    direct_error: CallParseError | None = None
+    if _looks_like_call(s):
+        try:
+            return _parse_direct(s)
+        except CallParseError as err:  # maybe wrapped text after all (a fence or tags inside): look further
+            direct_error = err
+    if "<think>" in s:
+        without = _THINK_RE.sub("", s)
+        if without != s:
+            return _parse_lenient(without)
     if "<tool_call>" in s:
         return _parse_tool_call_blocks(s)
     if "```" in s:
         fence = _FENCE_RE.search(s)
-        if fence:
-            s = fence.group(1).strip()
-            if not s:
-                return []
-    first = s[0]
-    if first == "{" or (first == "[" and s[1:].lstrip()[:1] in ("{", "]", "")):
+        inner = fence.group(1).strip() if fence else s
+        if inner != s:
+            try:
+                return _parse_lenient(inner) if inner else []
+            except CallParseError:
+                if direct_error is None:
+                    raise
+    if direct_error is not None:
+        raise direct_error
+    m = _EMBEDDED_RE.search(s)
+    if m:
+        end = _balanced_end(s, m.start())
+        return _parse_python(s[m.start():end] if end is not None else s[m.start():])
+    return []  # prose, no call attempt
+
+
+def _looks_like_call(s: str) -> bool:
+    return s[0] in "[{" or _HEAD_RE.match(s) is not None or (
+        _SPACED_HEAD_RE.match(s) is not None and s.endswith((")", "]")))
+
+
+def _parse_direct(s: str) -> list[Call]:
+    """Text that starts like an answer: JSON when it reads as JSON, python call syntax otherwise."""
+    if s[0] == "{" or (s[0] == "[" and s[1:].lstrip()[:1] in ("{", "]", "")):
         try:
             obj = json.loads(s)
         except ValueError:
@@ -88,15 +113,7 @@ def _parse_lenient(text: str) -> list[Call]:
             raise CallParseError("JSON nested too deeply") from None
         if obj is not _NOT_JSON:
             return calls_from_objects(obj)
-    if first in "[{" or _HEAD_RE.match(s) or (_SPACED_HEAD_RE.match(s) and s.endswith((")", "]"))):
-        return _parse_python(s)
-    m = _EMBEDDED_RE.search(s)
-    if m:
-        end = _balanced_end(s, m.start())
-        if end is not None:
-            return _parse_python(s[m.start():end])
-        return _parse_python(s[m.start():])  # truncated call list: let the parser say what is wrong
-    return []  # prose, no call attempt
+    return _parse_python(s)
 
 
 _NOT_JSON = object()
@@ -119,6 +136,9 @@ def _parse_tool_call_blocks(s: str) -> list[Call]:
             raise CallParseError(f"<tool_call> block {i}: JSON nested too deeply") from None
         calls.extend(calls_from_objects(obj))
     return calls
+
+
+_CALL_KEYS = {"name", "arguments", "parameters", "function", "tool_calls", "type", "id"}
 
 
 def calls_from_objects(obj: Any) -> list[Call]:
@@ -160,7 +180,7 @@ def calls_from_objects(obj: Any) -> list[Call]:
         return [{"name": name, "arguments": args}]
     if len(obj) == 1:  # BFCL's decoded form {name: {args}}
         ((name, args),) = obj.items()
-        if isinstance(name, str) and name and isinstance(args, dict):
+        if isinstance(name, str) and name and name not in _CALL_KEYS and isinstance(args, dict):
             return [{"name": name, "arguments": args}]
     raise CallParseError(f"object is not a tool call (keys: {_short(sorted(map(str, obj)))})")
 
@@ -168,19 +188,24 @@ def calls_from_objects(obj: Any) -> list[Call]:
 # --- python call syntax ---------------------------------------------------------------------------------------
 def _parse_python(s: str) -> list[Call]:
     try:
-        tree = ast.parse(s, mode="eval")
-        names: dict[str, str] = {}
-    except (SyntaxError, ValueError):
-        tree = None
-    if tree is None:
-        substituted, names = _substitute_names(s)
-        try:
-            tree = ast.parse(substituted, mode="eval")
-        except SyntaxError as err:
-            raise CallParseError(f"not valid call syntax: {err.msg} (line {err.lineno}, column {err.offset})") from None
-        except ValueError as err:
-            raise CallParseError(f"not valid call syntax: {err}") from None
-    return _calls_from_tree(tree.body, names)
+        return _calls_from_tree(ast.parse(s, mode="eval").body, {})
+    except (SyntaxError, ValueError, _NeedsSubstitution):
+        pass  # names Python cannot read: substitute placeholders and try again
+    substituted, names = _substitute_names(s)
+    try:
+        tree = ast.parse(substituted, mode="eval")
+    except SyntaxError as err:
+        raise CallParseError(f"not valid call syntax: {err.msg} (line {err.lineno}, column {err.offset})") from None
+    except ValueError as err:
+        raise CallParseError(f"not valid call syntax: {err}") from None
+    try:
+        return _calls_from_tree(tree.body, names)
+    except _NeedsSubstitution as err:
+        raise CallParseError(str(err)) from None
+
+
+class _NeedsSubstitution(CallParseError):
+    """A call target Python parsed but we cannot name (`None(a=1)`): retry with placeholders."""
 
 
 def _calls_from_tree(body: ast.expr, names: dict[str, str]) -> list[Call]:
@@ -192,16 +217,17 @@ def _calls_from_tree(body: ast.expr, names: dict[str, str]) -> list[Call]:
         if all(isinstance(e, ast.Dict) for e in body.elts):  # JSON-like call objects in python syntax
             return calls_from_objects(_value(body, names))
         bad = next(e for e in body.elts if not isinstance(e, ast.Call))
-        raise CallParseError(f"list item {body.elts.index(bad)} is not a call ({_node_text(bad)})")
+        # `[A/(x=1)]` parses, as a division: retry with placeholder names before calling it malformed
+        raise _NeedsSubstitution(f"list item {body.elts.index(bad)} is not a call ({_node_text(bad)})")
     if isinstance(body, ast.Dict):
         return calls_from_objects(_value(body, names))
-    raise CallParseError(f"expected a call or a list of calls, got {_node_text(body)}")
+    raise _NeedsSubstitution(f"expected a call or a list of calls, got {_node_text(body)}")
 
 
 def _call(node: ast.Call, names: dict[str, str]) -> Call:
     name = _call_name(node.func, names)
     if name is None:
-        raise CallParseError(f"call target is not a function name: {_node_text(node.func)}")
+        raise _NeedsSubstitution(f"call target is not a function name: {_node_text(node.func)}")
     if node.args:
         raise CallParseError(
             f"{name}: positional argument {_node_text(node.args[0])}; tool calls take keyword arguments (name=value)"
@@ -340,8 +366,9 @@ def _guard_size(op: ast.operator, a: Any, b: Any) -> None:
 # --- pre-pass for names that are not identifiers --------------------------------------------------------------
 # At each position where a call name or an argument name can start (text start, after "[", "(" or ","), a name that
 # Python cannot read is replaced by a placeholder identifier; the mapping is applied back after parsing.
-_CALL_NAME_AT = re.compile(r"\s*([^\s=()\[\]{}\"'`,;:#][^=()\[\]{}\"'`,;#\n]*?)\s*\(")
-_ARG_NAME_AT = re.compile(r"\s*([A-Za-z_$][\w$.\-]*)\s*=(?!=)")
+_CALL_NAME_AT = re.compile(r"\s*([^\s=()\[\]{}\"'`,;:#][^=()\[\]{}\"'`,;#\n]{0,200}?)[ \t]*\(")
+_ARG_NAME_AT = re.compile(r"\s*([A-Za-z_$][\w$.\-]{0,200})\s*=(?!=)")
+_NUMBER_LIKE = re.compile(r"[-+]?[\d.][\w.+-]*")
 
 
 def _is_dotted_identifier(name: str) -> bool:
@@ -364,8 +391,9 @@ def _substitute_names(s: str) -> tuple[str, dict[str, str]]:
         """At a head position: substitute a non-identifier call or argument name; return the new position."""
         m = _CALL_NAME_AT.match(s, pos)
         if m and not _is_dotted_identifier(m.group(1)) and not _is_literal_start(m.group(1)):
-            out.append(s[pos:m.start(1)] + placeholder(m.group(1)) + s[m.end(1):m.end()])
-            return m.end()
+            # stop before "(" so that the main loop sees it and looks for argument names after it
+            out.append(s[pos:m.start(1)] + placeholder(m.group(1)) + s[m.end(1):m.end() - 1])
+            return m.end() - 1
         m = _ARG_NAME_AT.match(s, pos)
         if m and not _is_dotted_identifier(m.group(1)):
             out.append(s[pos:m.start(1)] + placeholder(m.group(1)) + s[m.end(1):m.end()])
@@ -389,7 +417,7 @@ def _substitute_names(s: str) -> tuple[str, dict[str, str]]:
 
 
 def _is_literal_start(text: str) -> bool:
-    return text[:1].isdigit() or text[:1] in "-+."
+    return _NUMBER_LIKE.fullmatch(text) is not None
 
 
 def _string_end(s: str, i: int) -> int:
