@@ -373,3 +373,18 @@ def test_detect_format_by_content():
 def test_limit_caps_records(shared_data):
     result = read_samples_file(shared_data / "apibank" / "apibank_l2.json", limit=10)
     assert result.records == 10 and len(result.samples) == 10
+
+
+def test_unreadable_files_name_the_file(tmp_path):
+    bad_parquet = tmp_path / "broken.parquet"
+    bad_parquet.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match=r"broken.parquet: cannot read"):
+        read_samples_file(bad_parquet)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin.jsonl: cannot read: UnicodeDecodeError"):
+        read_samples_file(latin)
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"neither a HF datasets dir nor holds parquet files"):
+        read_samples_file(empty)

@@ -632,7 +632,12 @@ def read_samples_file(path: str | Path, format: str = "auto", on_error: str = "r
     p = Path(path)
     if not p.exists():
         raise DataError("no such file or directory", path=str(path))
-    records = _load_records(p)
+    try:
+        records = _load_records(p)
+    except DataError:
+        raise
+    except Exception as err:  # unreadable parquet / dataset dir, bad encoding: say which file, not a stack trace
+        raise DataError(f"cannot read: {type(err).__name__}: {err}", path=str(path)) from err
     if limit:
         records = records[:limit]
     if format == "auto":

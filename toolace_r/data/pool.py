@@ -44,7 +44,8 @@ def load_pool(pool_cfg: PoolConfig) -> list[Sample]:
         return train[: pool_cfg.limit] if pool_cfg.limit else train
     result = read_samples_file(pool_cfg.path, pool_cfg.format, pool_cfg.on_error, limit=pool_cfg.limit)
     if not result.samples:
-        raise DataError("no samples found (no record has a tool call)", path=pool_cfg.path)
+        raise DataError(f"no samples found: {result.records} records ({result.format}), none with a tool call, "
+                        f"{result.skipped} skipped", path=pool_cfg.path)
     return result.samples
 
 
