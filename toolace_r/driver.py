@@ -274,15 +274,16 @@ def probe_stage(cfg: Config, model_dir: str, pool: list[Sample], out: Path) -> d
 
 
 def unprobed_rows(pool: list[Sample]) -> list[dict]:
-    """Iteration 0 without probing: every sample as a probe row with no answers (the untrained model is at p = 0)."""
-    return [{"id": s.id, "category": s.category, "k": 0, "n_correct": 0, "pass_rate": 0.0, "answers": [],
-             "verdicts": []} for s in pool]
+    """Iteration 0 without probing: the pool ids with no pass rate (select takes its seed subset from them)."""
+    return [{"id": s.id, "category": s.category} for s in pool]
 
 
-def select_stage(cfg: Config, rows: list[dict], iteration: int, previous: set[str], out: Path) -> dict:
+def select_stage(cfg: Config, rows: list[dict], iteration: int, previous: set[str], out: Path,
+                 random_size: int | None = None) -> dict:
     from toolace_r.select import select
 
-    sel = select(rows, cfg.select, iteration, set(previous) if iteration > 0 else None)
+    kwargs = {"random_size": random_size} if random_size is not None and cfg.select.policy == "random" else {}
+    sel = select(rows, cfg.select, iteration, set(previous) if iteration > 0 else None, **kwargs)
     path = out / "selection.json"
     rio.write_json(path, {"iteration": iteration, "ids": list(sel.ids), "reasons": sel.reasons, "counts": sel.counts})
     new = len(set(sel.ids) - previous)
@@ -329,8 +330,11 @@ def eval_stage(cfg: Config, model_dir: str, out: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ the loop
-def run(cfg: Config) -> dict:
-    """Run (or resume) the iterative ToolACE-R loop described in the module docstring; returns report.json's object."""
+def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
+    """Run (or resume) the iterative ToolACE-R loop described in the module docstring; returns report.json's object.
+
+    `random_sizes` (iteration → size) is for the random-selection ablation arm (select.policy=random): each
+    iteration draws as many samples as the model-aware arm selected at that iteration."""
     from toolace_r.storage import RunDir
 
     t_start = time.time()
@@ -354,14 +358,15 @@ def run(cfg: Config) -> dict:
             it_dir = run_dir / f"iter_{iteration:03d}"
             it_dir.mkdir(exist_ok=True)
             style = prompt_style(cfg, model)
+            rows: list[dict] = []  # probe rows: pass rates for select, the model's own answers for the corpus
             if iteration > 0 or cfg.run.probe_first_iteration:
                 probed = stage(iter_key(iteration, "probe"), lambda: probe_stage(cfg, model, pool, it_dir / "probe"))
                 from toolace_r.probe import read_probe
 
                 rows = read_probe(probed["path"])
-            else:
-                rows = unprobed_rows(pool)
-            sel = stage(iter_key(iteration, "select"), lambda: select_stage(cfg, rows, iteration, selected, it_dir))
+            size = (random_sizes or {}).get(iteration)
+            sel = stage(iter_key(iteration, "select"),
+                        lambda: select_stage(cfg, rows or unprobed_rows(pool), iteration, selected, it_dir, size))
             ids = rio.read_json(sel["path"])["ids"]
             reason = stop_after_select(cfg.run, iteration, len(ids), len(set(ids) - selected))
             selected |= set(ids)
