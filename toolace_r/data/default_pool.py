@@ -448,7 +448,9 @@ TOOLS_BY_NAME = {t.name: t for t in TOOLS}
 # Category mix. Single calls are easy for a tiny model, parallel calls and no-call cases are hard (STACK.md),
 # which is where model-aware selection has something to do.
 CATEGORY_WEIGHTS = {"simple": 0.2, "multiple": 0.35, "parallel": 0.15, "parallel_multiple": 0.15, "irrelevance": 0.15}
-JOINERS = ["{a} Also, {b}", "{a} And {b}", "{a} Then {b}", "First: {a} Second: {b}", "{a} {b}", "Two things. {a} {b}"]
+CONNECTIVES = ["Also, ", "And ", "Then ", "Plus, ", "After that, "]
+ORDINALS = ["First", "Second", "Third", "Fourth"]
+COUNTS = {2: "Two", 3: "Three", 4: "Four"}
 
 SLOT = re.compile(r"\{([\w.]+)\}")
 
@@ -523,16 +525,20 @@ def _truth_entry(call: _Call) -> dict[str, dict[str, list[Any]]]:
     return {call.tool.name: params}
 
 
+def _lower_first(text: str) -> str:
+    return text[0].lower() + text[1:]
+
+
 def _join(rng: random.Random, texts: list[str]) -> str:
-    out = texts[0]
-    for nxt in texts[1:]:
-        joiner = rng.choice(JOINERS)
-        if joiner.startswith("{a} {b}") or joiner.startswith("First") or joiner.startswith("Two"):
-            b = nxt
-        else:
-            b = nxt[0].lower() + nxt[1:]
-        out = joiner.format(a=out, b=b)
-    return out
+    """Several requests as one message, in one of a few styles (plain, connectives, enumerated, counted)."""
+    style = rng.randrange(4)
+    if style == 0:
+        return " ".join(texts)
+    if style == 1:
+        return texts[0] + "".join(" " + rng.choice(CONNECTIVES) + _lower_first(t) for t in texts[1:])
+    if style == 2:
+        return " ".join(f"{ORDINALS[i]}: {t}" for i, t in enumerate(texts))
+    return f"{COUNTS[len(texts)]} things. " + " ".join(texts)
 
 
 def _distractors(rng: random.Random, exclude_groups: set[str], n: int, prefer_domain: str | None = None) -> list[Tool]:
