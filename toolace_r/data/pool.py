@@ -84,7 +84,9 @@ def load_eval_spec(spec: str, limit: int = 0, builtin: BuiltinPoolConfig | None 
             raise DataError(f"BFCL data directory {root} does not exist (spec {spec!r})")
         out: dict[str, list[Sample]] = {}
         for cat in wanted:
-            files = sorted(root_path.glob(f"BFCL_v*_{cat}.json"))
+            # fullmatch: the glob alone lets "multiple" also match BFCL_v3_parallel_multiple.json
+            files = sorted(f for f in root_path.glob(f"BFCL_v*_{cat}.json")
+                           if re.fullmatch(rf"BFCL_v[\d.]+_{re.escape(cat)}\.json", f.name))
             if not files:
                 raise DataError(f"no BFCL question file for category {cat!r} in {root} (spec {spec!r})")
             out[cat] = read_bfcl(files[-1], on_error=on_error, limit=limit).samples
