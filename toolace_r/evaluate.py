@@ -1,0 +1,251 @@
+"""Evaluation harness: single-pass and adaptive-refinement accuracy per category (PAPER.md §4).
+
+`evaluate(cfg, model_path, specs, out_dir)` loads each eval spec (`builtin` = the held-out split of the built-in pool,
+`bfcl:DIR[:cats]`, `apibank:FILE_OR_DIR`, or any sample file; toolace_r.data.pool.load_eval_spec), runs every sample
+through adaptive self-refinement (toolace_r.refine) and judges the first answer (= the single-pass answer) and the
+final answer with the AST checker (toolace_r.calls.check, `eval.decoder` lenient | bfcl).
+
+The samples flow through Ray Data: `from_items` → `map_batches(EvalActor)` on `ActorPoolStrategy(size=eval.num_actors)`,
+each actor holding the model once, so a large set uses the whole cluster. Per category it reports n, accuracy
+(single pass), refined_accuracy, mean_rounds, tokens generated, forward passes and time (actor seconds spent on that
+category's batches); "overall" pools every sample. Output: a table on stdout (eval_command), `metrics.json` and
+`outputs.jsonl` (every answer and verdict) in out_dir, each written atomically.
+
+`--model oracle:gold` scores the ground truths themselves as outputs through the same pipeline: a harness check that
+must come out at (nearly) 100 % — anything less is a checker, reader or data problem, never a model one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from toolace_r import io as rio
+from toolace_r.config import Config
+from toolace_r.data.schema import Sample
+from toolace_r.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+ORACLE = "oracle:gold"  # model path that answers with the ground truth (harness self-check)
+
+OUTPUT_COLUMNS = ("id", "group", "category", "first_answer", "answer", "valid", "refined_valid", "error_type",
+                  "refined_error_type", "reason", "refined_reason", "rounds", "tokens", "forward_passes", "time_s")
+
+
+class EvalActor:
+    """One Ray Data actor: loads the model once; a batch of sample rows → one output row per sample."""
+
+    def __init__(self, model_path: str, style: str, settings: dict[str, Any]):
+        import torch
+
+        from toolace_r.calls import check
+
+        threads = int(settings.get("torch_threads") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.check, self.style, self.settings = check, style, dict(settings)
+        self.model = self.tokenizer = None
+        if model_path != ORACLE:
+            from toolace_r import storage
+            from toolace_r.models import load_model
+
+            if storage.is_remote(model_path):
+                model_path = storage.localize(model_path)
+            self.model, self.tokenizer = load_model(model_path, dtype=settings.get("dtype", "auto"),
+                                                    trust_remote_code=bool(settings.get("trust_remote_code")))
+
+    def answer(self, samples: list[Sample]) -> list[dict[str, Any]]:
+        """Each sample's first and final answer, rounds, tokens, forward passes."""
+        if self.model is None:
+            from toolace_r.data.prompts import render_answer
+
+            gold = [render_answer(s.gold_calls()) for s in samples]
+            return [{"first_answer": g, "answer": g, "rounds": 1, "tokens": 0, "forward_passes": 0} for g in gold]
+        from toolace_r.refine import RefineItem, adaptive_refine
+
+        s = self.settings
+        results = adaptive_refine(
+            self.model, self.tokenizer, [RefineItem(x.tools, x.messages) for x in samples],
+            max_rounds=int(s["max_rounds"]), max_new_tokens=int(s["max_new_tokens"]), style=self.style,
+            draft_verify=bool(s["draft_verify"]), reuse_prefix=bool(s["reuse_prefix"]),
+            temperature=float(s["temperature"]), batch_size=int(s["batch_size"]), seed=int(s["seed"]),
+        )
+        return [{"first_answer": r.first_answer, "answer": r.answer, "rounds": r.rounds, "tokens": r.tokens,
+                 "forward_passes": r.forward_passes} for r in results]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        rows = _rows_of(batch)
+        if not rows:
+            return {c: [] for c in OUTPUT_COLUMNS}
+        samples = [Sample.from_row(r) for r in rows]
+        start = time.perf_counter()
+        answers = self.answer(samples)
+        share = (time.perf_counter() - start) / len(rows)
+        out: dict[str, list] = {c: [] for c in OUTPUT_COLUMNS}
+        decoder = self.settings["decoder"]
+        for row, sample, ans in zip(rows, samples, answers):
+            first = self.check(ans["first_answer"], sample.tools, sample.truth, sample.category, decoder)
+            final = self.check(ans["answer"], sample.tools, sample.truth, sample.category, decoder)
+            values = dict(ans, id=sample.id, group=row["group"], category=sample.category, valid=bool(first.valid),
+                          refined_valid=bool(final.valid), error_type=first.error_type,
+                          refined_error_type=final.error_type, reason=first.reason, refined_reason=final.reason,
+                          time_s=share)
+            for c in OUTPUT_COLUMNS:
+                out[c].append(values[c])
+        return out
+
+
+def _rows_of(batch: Any) -> list[dict[str, Any]]:
+    """A Ray Data batch (dict of columns, pyarrow table or pandas frame) → list of row dicts."""
+    if hasattr(batch, "to_pylist"):
+        return batch.to_pylist()
+    if hasattr(batch, "to_dict") and hasattr(batch, "columns"):
+        return batch.to_dict("records")
+    columns = list(batch)
+    n = len(batch[columns[0]]) if columns else 0
+    return [{c: (batch[c][i].item() if hasattr(batch[c][i], "item") else batch[c][i]) for c in columns} for i in range(n)]
+
+
+def load_groups(cfg: Config, specs: list[str]) -> dict[str, list[Sample]]:
+    """Every spec's categories; keys are `category` for one spec and `label/category` for several (`label` = the
+    spec's kind: builtin, bfcl, apibank, or the file stem), so the same category from two sources never merges."""
+    from toolace_r.data.pool import load_eval_spec
+
+    if not specs:
+        raise ConfigError("eval: no data specs given (--data or eval.data)")
+    groups: dict[str, list[Sample]] = {}
+    for spec in specs:
+        loaded = load_eval_spec(spec, limit=cfg.eval.limit, builtin=cfg.pool.builtin)
+        label = spec.split(":", 1)[0] if ":" in spec else Path(spec).stem
+        for category, samples in loaded.items():
+            key = category if len(specs) == 1 else f"{label}/{category}"
+            if key in groups:
+                raise DataError(f"eval: category {key!r} appears twice (spec {spec!r}); give distinct specs")
+            if samples:
+                groups[key] = samples
+    if not groups:
+        raise DataError(f"eval: the specs {specs} hold no samples")
+    return groups
+
+
+def summarize(outputs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Output rows → {group: metrics, ..., "overall": metrics}."""
+    by_group: dict[str, list[dict]] = defaultdict(list)
+    for row in outputs:
+        by_group[row["group"]].append(row)
+
+    def metrics(rows: list[dict]) -> dict[str, Any]:
+        n = len(rows)
+        errors = Counter(r["refined_error_type"] for r in rows if not r["refined_valid"])
+        return {
+            "n": n,
+            "accuracy": sum(r["valid"] for r in rows) / n,
+            "refined_accuracy": sum(r["refined_valid"] for r in rows) / n,
+            "mean_rounds": sum(r["rounds"] for r in rows) / n,
+            "tokens": int(sum(r["tokens"] for r in rows)),
+            "forward_passes": int(sum(r["forward_passes"] for r in rows)),
+            "time_s": round(sum(r["time_s"] for r in rows), 3),
+            "changed_by_refinement": sum(r["first_answer"] != r["answer"] for r in rows),
+            "errors": dict(errors.most_common(5)),
+        }
+
+    result = {group: metrics(rows) for group, rows in sorted(by_group.items())}
+    if outputs:
+        result["overall"] = metrics(outputs)
+    return result
+
+
+def format_table(result: dict[str, dict[str, Any]]) -> str:
+    head = f"{'category':<28} {'n':>5} {'single':>7} {'refined':>8} {'rounds':>7} {'tokens':>8} {'time s':>8}"
+    lines = [head, "-" * len(head)]
+    for group, m in result.items():
+        if group == "overall":
+            lines.append("-" * len(head))
+        lines.append(f"{group:<28} {m['n']:>5} {m['accuracy']:>7.1%} {m['refined_accuracy']:>8.1%} "
+                     f"{m['mean_rounds']:>7.2f} {m['tokens']:>8} {m['time_s']:>8.1f}")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str) -> dict[str, dict[str, Any]]:
+    """Evaluate `model_path` (or ORACLE) on `specs`; write metrics.json + outputs.jsonl to out_dir; return
+    {category: {"n", "accuracy", "refined_accuracy", "mean_rounds", "tokens", "time_s", ...}, "overall": {...}}."""
+    import ray
+
+    from toolace_r.probe import ensure_ray, prompt_style_for
+
+    ec = cfg.eval
+    if ec.max_rounds < 1:
+        raise ConfigError(f"eval.max_rounds must be >= 1, got {ec.max_rounds}")
+    groups = load_groups(cfg, list(specs))
+    style = cfg.model.prompt_style if model_path == ORACLE else prompt_style_for(cfg, model_path)
+    items = [dict(s.to_row(), group=group) for group, samples in groups.items() for s in samples]
+    log.info("eval: %d samples in %d categories, model %s, style %s, %d actor(s)", len(items), len(groups),
+             model_path, style, ec.num_actors)
+    settings = dict(
+        max_rounds=ec.max_rounds, max_new_tokens=ec.generation.max_new_tokens, temperature=ec.generation.temperature,
+        seed=ec.generation.seed, batch_size=ec.generation.batch_size, decoder=ec.decoder,
+        draft_verify=cfg.refine.draft_verify, reuse_prefix=cfg.refine.reuse_prefix, dtype=cfg.model.dtype,
+        trust_remote_code=cfg.model.trust_remote_code, torch_threads=max(1, int(ec.cpus_per_actor)),
+    )
+    start = time.perf_counter()
+    if ec.num_actors <= 0:  # in-process: debugging, notebooks, benchmarks that time the model itself
+        actor = EvalActor(model_path, style, settings)
+        outputs = []
+        for i in range(0, len(items), ec.batch_size):
+            batch = actor({c: [r[c] for r in items[i:i + ec.batch_size]] for c in items[0]})
+            outputs += [dict(zip(batch, vals)) for vals in zip(*batch.values())]
+    else:
+        ensure_ray(cfg)
+        ds = ray.data.from_items(items).map_batches(
+            EvalActor,
+            fn_constructor_args=(model_path, style, settings),
+            batch_size=ec.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=ec.num_actors),
+            num_cpus=ec.cpus_per_actor,
+            num_gpus=ec.gpus_per_actor,
+        )
+        outputs = list(ds.iter_rows())
+    wall = time.perf_counter() - start
+    outputs = [{c: _plain(row[c]) for c in OUTPUT_COLUMNS} for row in outputs]
+    outputs.sort(key=lambda r: (r["group"], r["id"]))
+    if len(outputs) != len(items):
+        raise DataError(f"eval: {len(items)} samples went in but {len(outputs)} results came back")
+    result = summarize(outputs)
+    result["overall"]["wall_s"] = round(wall, 3)
+    out = Path(out_dir)
+    rio.write_jsonl(out / "outputs.jsonl", outputs)
+    rio.write_json(out / "metrics.json", {
+        "model": model_path, "specs": list(specs), "decoder": ec.decoder, "max_rounds": ec.max_rounds,
+        "prompt_style": style, "draft_verify": cfg.refine.draft_verify, "reuse_prefix": cfg.refine.reuse_prefix,
+        "results": result,
+    })
+    log.info("eval: %d samples in %.1f s → %s", len(outputs), wall, out)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars from Ray Data rows → plain Python (for JSON)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def eval_command(args: Any, cfg: Config) -> int:
+    """`toolace-r eval --model DIR --data SPEC... [--out DIR] [--decoder bfcl]`."""
+    model = getattr(args, "model", None) or cfg.model.path
+    if model == "tiny":
+        raise ConfigError("eval needs a model: --model DIR (or model.path=DIR), or --model oracle:gold to score the "
+                          "ground truths themselves")
+    if model != ORACLE and "://" not in model and not Path(model).is_dir():
+        raise ConfigError(f"eval: model directory {model} does not exist")
+    if getattr(args, "decoder", None):
+        cfg.eval.decoder = args.decoder
+    specs = list(getattr(args, "data", None) or cfg.eval.data)
+    out = getattr(args, "out", None) or str(Path(cfg.run.dir) / "eval")
+    result = evaluate(cfg, model, specs, out)
+    print(format_table(result))
+    print(f"\nsingle = one pass; refined = adaptive self-refinement (≤ {cfg.eval.max_rounds} rounds); "
+          f"decoder {cfg.eval.decoder}; details in {out}/metrics.json and {out}/outputs.jsonl")
+    return 0
