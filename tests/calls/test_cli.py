@@ -71,7 +71,7 @@ def test_bad_input_names_the_line_and_field(tmp_path, capsys, line, message):
 def test_agreement_with_bfcl_rules_on_cases_from_every_record(shared_data, tmp_path, capsys):
     # 12 rule cases sampled per record (all ~48 000 take a minute on a busy 2-core machine; the rules are the same)
     cases = build_cases(shared_data / "bfcl_v3", limit_per_record=12, seed=0)
-    assert len(cases) > 14_000 and {c["category"] for c in cases} == {
+    assert len(cases) > 13_000 and {c["category"] for c in cases} == {
         "simple", "multiple", "parallel", "parallel_multiple", "irrelevance"}
     assert 0.2 < sum(c["valid"] for c in cases) / len(cases) < 0.5  # both verdicts well represented
     path = _write(tmp_path / "cases.jsonl", cases)
