@@ -1,0 +1,325 @@
+"""Model-aware probing on Ray Data (PAPER.md §1): how often does the current model already get each sample right?
+
+For every candidate sample the model answers k times (temperature T); each answer is parsed and judged by the AST
+checker (`toolace_r.calls.check`); the pass rate p = n_correct / k is the sample's difficulty for this model.
+
+The pool flows through Ray Data: `from_items` (or a Dataset the caller already has) → `map_batches(ProbeActor)` on
+an actor pool where each actor loads the model once → `write_parquet`. The driver never loops over or collects the
+pool, so the same code probes 500 samples on a laptop and 500 000 on a cluster (give `model_path` a location every
+node can read: a shared mount or an object-store URI, which actors download once per node via storage.localize).
+
+Output: one parquet directory, one row per sample —
+`id, category, k, n_correct, pass_rate, answers: list[str], verdicts: list[str] (JSON of each Verdict),
+n_tokens: list[int]` — plus `summary.json` (counts, mean pass rate, throughput). The directory appears in one
+rename when everything is written, so a resumed run sees either no result or a complete one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from toolace_r.config import Config
+from toolace_r.data.schema import Sample
+from toolace_r.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+INPUT_COLUMNS = ("id", "tools", "messages", "truth", "category")
+RESULT_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("category", pa.string()),
+    ("k", pa.int32()),
+    ("n_correct", pa.int32()),
+    ("pass_rate", pa.float64()),
+    ("answers", pa.list_(pa.string())),
+    ("verdicts", pa.list_(pa.string())),
+    ("n_tokens", pa.list_(pa.int32())),
+])
+
+
+def verdict_json(verdict: Any) -> str:
+    """A Verdict (valid, error_type, reason) as a JSON string: parquet keeps it as plain text."""
+    return json.dumps(
+        {"valid": bool(verdict.valid), "error_type": str(verdict.error_type), "reason": str(verdict.reason)},
+        ensure_ascii=False,
+    )
+
+
+class ProbeActor:
+    """One Ray Data actor: loads the model once, then turns batches of sample rows into probe result rows.
+
+    Subclass and override `logits_processor` to constrain decoding (a grammar, or forcing known text in tests);
+    everything else — prompts, generation, parsing, checking — stays the same code path.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        prompt_style: str,
+        k: int,
+        generation: dict[str, Any],
+        decoder: str = "lenient",
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        torch_threads: int = 0,
+    ):
+        import torch
+
+        from toolace_r import storage
+        from toolace_r.calls import check
+        from toolace_r.generation import Generator
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        if storage.is_remote(model_path):
+            model_path = storage.localize(model_path)
+        self.generator = Generator.from_path(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.check = check
+        self.prompt_style, self.k, self.generation, self.decoder = prompt_style, k, dict(generation), decoder
+
+    def logits_processor(self, samples: list[Sample], prompts: list[str]) -> Any:
+        """Hook: a transformers LogitsProcessorList for this batch, or None (plain sampling)."""
+        return None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from toolace_r.data.prompts import render_prompt
+
+        samples = _samples_from_table(batch)
+        if not samples:
+            return RESULT_SCHEMA.empty_table()
+        tokenizer = self.generator.tokenizer
+        prompts = [render_prompt(tokenizer, s.tools, s.messages, self.prompt_style) for s in samples]
+        gen = self.generation
+        # A per-batch seed derived from the batch's first id: reproducible, and different batches draw differently.
+        seed = int(gen.get("seed", 0)) + zlib.crc32(samples[0].id.encode("utf-8"))
+        answers = self.generator.generate(
+            prompts,
+            n=self.k,
+            temperature=float(gen.get("temperature", 0.7)),
+            top_p=float(gen.get("top_p", 1.0)),
+            max_new_tokens=int(gen.get("max_new_tokens", 128)),
+            seed=seed,
+            batch_size=int(gen.get("batch_size", 32)),
+            logits_processor=self.logits_processor(samples, prompts),
+        )
+        columns: dict[str, list] = {name: [] for name in RESULT_SCHEMA.names}
+        for sample, gens in zip(samples, answers):
+            verdicts = [self.check(g.text, sample.tools, sample.truth, sample.category, self.decoder) for g in gens]
+            n_correct = sum(bool(v.valid) for v in verdicts)
+            columns["id"].append(sample.id)
+            columns["category"].append(sample.category)
+            columns["k"].append(len(gens))
+            columns["n_correct"].append(n_correct)
+            columns["pass_rate"].append(n_correct / len(gens))
+            columns["answers"].append([g.text for g in gens])
+            columns["verdicts"].append([verdict_json(v) for v in verdicts])
+            columns["n_tokens"].append([g.n_tokens for g in gens])
+        return pa.table(columns, schema=RESULT_SCHEMA)
+
+
+def _samples_from_table(batch: pa.Table) -> list[Sample]:
+    missing = [c for c in INPUT_COLUMNS if c not in batch.column_names]
+    if missing:
+        raise DataError(f"probe input rows lack column(s) {missing}; expected Sample.to_row() rows", field=missing[0])
+    samples = []
+    for row in batch.to_pylist():
+        try:
+            samples.append(Sample.from_row(row))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"sample {row.get('id')!r} cannot be read: {err}", field="row") from None
+    return samples
+
+
+def prompt_style_for(cfg: Config, model_path: str) -> str:
+    """The style the model was trained with (its toolace_r.json), else the configured one."""
+    from toolace_r.models import read_meta
+
+    if Path(model_path).is_dir():
+        return read_meta(model_path).get("prompt_style", cfg.model.prompt_style)
+    return cfg.model.prompt_style
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Connect to `run.ray_address` (a cluster, or the one a `ray job submit` runs in) or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.run.ray_address:
+        ray.init(address=cfg.run.ray_address)
+    else:
+        ray.init(num_cpus=cfg.run.num_cpus or None, include_dashboard=False)
+
+
+def probe(
+    cfg: Config,
+    model_path: str,
+    samples: Sequence[Sample] | Any,
+    out_dir: str | os.PathLike,
+    *,
+    actor_cls: type = ProbeActor,
+) -> str:
+    """Probe `samples` (a list of Sample, or a ray.data.Dataset of Sample.to_row() rows) with the model at
+    `model_path`; write the results as parquet into `out_dir` (replaced atomically) and return its path."""
+    import ray
+    import ray.data
+
+    pc = cfg.probe
+    if pc.k < 1:
+        raise ConfigError(f"probe.k must be >= 1, got {pc.k}")
+    if pc.num_actors < 1 or pc.batch_size < 1:
+        raise ConfigError(f"probe.num_actors and probe.batch_size must be >= 1, got {pc.num_actors}, {pc.batch_size}")
+    if model_path == "tiny":
+        raise ConfigError("model.path is 'tiny': build a model dir first (`toolace-r tiny-model --out DIR`)")
+    local_model = Path(model_path).expanduser()
+    if local_model.exists():
+        model_path = str(local_model.resolve())  # workers may run in another directory
+    ensure_ray(cfg)
+    style = prompt_style_for(cfg, model_path)
+
+    if isinstance(samples, ray.data.Dataset):
+        dataset = samples
+    else:
+        if not samples:
+            raise DataError("probe: the pool is empty")
+        dataset = ray.data.from_items([s.to_row() for s in samples])
+    cluster_cpus = ray.cluster_resources().get("CPU", 0)
+    if pc.num_actors * pc.cpus_per_actor > cluster_cpus:
+        log.warning("probe wants %d actors × %s CPUs but the cluster has %s CPUs: actors will wait for resources",
+                    pc.num_actors, pc.cpus_per_actor, cluster_cpus)
+
+    out = Path(out_dir).expanduser().resolve()
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    log.info("probing with %s (style %s): k=%d, T=%s, %d actor(s) × %s CPU / %s GPU, batches of %d",
+             model_path, style, pc.k, pc.generation.temperature, pc.num_actors, pc.cpus_per_actor,
+             pc.gpus_per_actor, pc.batch_size)
+    start = time.perf_counter()
+    results = dataset.map_batches(
+        actor_cls,
+        fn_constructor_kwargs=dict(
+            model_path=model_path,
+            prompt_style=style,
+            k=pc.k,
+            generation=dict(
+                temperature=pc.generation.temperature,
+                top_p=pc.generation.top_p,
+                max_new_tokens=pc.generation.max_new_tokens,
+                seed=pc.generation.seed,
+                batch_size=pc.generation.batch_size,
+            ),
+            decoder=pc.decoder,
+            dtype=cfg.model.dtype,
+            trust_remote_code=cfg.model.trust_remote_code,
+            torch_threads=max(1, int(round(pc.cpus_per_actor))) if pc.gpus_per_actor == 0 else 0,
+        ),
+        batch_format="pyarrow",
+        batch_size=pc.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=pc.num_actors),
+        num_cpus=pc.cpus_per_actor,
+        num_gpus=pc.gpus_per_actor,
+    )
+    try:
+        results.write_parquet(str(tmp))
+        wall = time.perf_counter() - start
+        summary = summarize(str(tmp), wall)
+        summary.update(model_path=model_path, prompt_style=style, k=pc.k, temperature=pc.generation.temperature)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("probe: %d samples in %.1fs (%.1f samples/s, %.0f tokens/s); mean pass rate %.3f; "
+             "mastered %d, learnable %d, too hard %d -> %s", summary["n"], wall, summary["samples_per_s"],
+             summary["tokens_per_s"], summary["mean_pass_rate"], summary["mastered"], summary["learnable"],
+             summary["too_hard"], out)
+    return str(out)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished `tmp` at `out`. An older result is moved aside first and deleted after the rename."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _parquet_files(path: str | os.PathLike) -> list[Path]:
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise DataError(f"probe results {p} do not exist")
+    files = sorted(p.glob("*.parquet"))
+    if not files:
+        raise DataError(f"probe results {p} hold no parquet files")
+    return files
+
+
+def _read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(f, columns=columns) for f in _parquet_files(path)]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def read_probe(path: str | os.PathLike) -> list[dict]:
+    """Probe result rows (dicts with the columns above) from a parquet directory or file."""
+    return _read_table(path).to_pylist()
+
+
+def summarize(path: str | os.PathLike, wall_s: float) -> dict[str, Any]:
+    """Counts and throughput from the result columns that are scalars (answers are not read back)."""
+    table = _read_table(path, ["category", "k", "n_correct", "pass_rate", "n_tokens"])
+    rows = table.select(["category", "k", "n_correct", "pass_rate"]).to_pylist()
+    tokens = sum(sum(t) for t in table.column("n_tokens").to_pylist())
+    n = len(rows)
+    answers = sum(r["k"] for r in rows)
+    per_category: dict[str, dict[str, float]] = {}
+    for r in rows:
+        c = per_category.setdefault(r["category"], {"n": 0, "mean_pass_rate": 0.0})
+        c["n"] += 1
+        c["mean_pass_rate"] += r["pass_rate"]
+    for c in per_category.values():
+        c["mean_pass_rate"] = round(c["mean_pass_rate"] / c["n"], 4)
+    return {
+        "n": n,
+        "answers": answers,
+        "generated_tokens": tokens,
+        "mean_pass_rate": round(sum(r["pass_rate"] for r in rows) / n, 4) if n else 0.0,
+        "mastered": sum(r["n_correct"] == r["k"] for r in rows),
+        "learnable": sum(0 < r["n_correct"] < r["k"] for r in rows),
+        "too_hard": sum(r["n_correct"] == 0 for r in rows),
+        "per_category": per_category,
+        "wall_s": round(wall_s, 3),
+        "samples_per_s": round(n / wall_s, 3) if wall_s > 0 else 0.0,
+        "tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0,
+    }
+
+
+def probe_command(args, cfg: Config) -> int:
+    """`toolace-r probe --config FILE model.path=DIR pool.path=FILE [--out DIR]`."""
+    from toolace_r.data.pool import load_pool
+
+    samples = load_pool(cfg.pool)
+    out = args.out or os.path.join(cfg.run.dir, "probe")
+    path = probe(cfg, cfg.model.path, samples, out)
+    summary = json.loads((Path(path) / SUMMARY_FILE).read_text())
+    print(f"probed {summary['n']} samples × k={summary['k']} in {summary['wall_s']:.1f}s "
+          f"({summary['samples_per_s']:.2f} samples/s, {summary['tokens_per_s']:.0f} tokens/s)")
+    print(f"mean pass rate {summary['mean_pass_rate']:.3f}: mastered {summary['mastered']}, "
+          f"learnable {summary['learnable']}, too hard {summary['too_hard']}")
+    print(f"results: {path}")
+    return 0
