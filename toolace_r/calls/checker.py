@@ -161,6 +161,8 @@ class PreparedFunction:
     __slots__ = ("name", "required", "params")
 
     def __init__(self, schema: dict[str, Any]):
+        if isinstance(schema.get("function"), dict):  # OpenAI tool format {"type": "function", "function": {...}}
+            schema = schema["function"]
         self.name = schema.get("name")
         parameters = schema.get("parameters") or {}
         self.required = list(parameters.get("required") or [])
@@ -206,7 +208,10 @@ def prepare_functions(functions: list[dict[str, Any]]) -> PreparedFunctions:
         return hit
     prepared = PreparedFunctions(functions if isinstance(functions, list) else [functions])
     if len(_CACHE) >= _CACHE_MAX:
-        _CACHE.pop(next(iter(_CACHE)))
+        try:
+            _CACHE.pop(next(iter(_CACHE)))
+        except (KeyError, RuntimeError, StopIteration):  # another thread evicted first
+            pass
     _CACHE[key] = prepared
     return prepared
 
