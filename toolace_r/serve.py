@@ -29,11 +29,11 @@ Decisions where the OpenAI API leaves room (all visible in the response or docum
     pass, no refinement); response `choices[0].refinement = {"rounds": n}` and top-level `toolace_r` with the rounds,
     the cap used and, when the answer was a malformed call, the parse error.
 """
-from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -370,9 +370,10 @@ class Engine:
         except ImportError:  # refine module not landed yet: one greedy/sampled pass, no refinement
             return self._single_pass(jobs, max_new_tokens, temperature)
         items = [RefineItem(tools=j.tools, messages=j.messages) for j in jobs]
+        extra = {"batch_size": len(items)} if "batch_size" in inspect.signature(adaptive_refine).parameters else {}
         results = adaptive_refine(self.model, self.tokenizer, items, max_rounds=max_rounds,
                                   max_new_tokens=max_new_tokens, style=self.style, draft_verify=self.draft_verify,
-                                  reuse_prefix=self.reuse_prefix, temperature=temperature)
+                                  reuse_prefix=self.reuse_prefix, temperature=temperature, **extra)
         outs = []
         for res in results:
             calls, error = (res.calls, None) if res.calls is not None else parse_answer(res.answer)

@@ -1,0 +1,154 @@
+"""Load test of the OpenAI-compatible server: does batching inside a replica pay off?
+
+One replica (min = max = 1, so autoscaling does not blur the comparison) serves the same model twice: with
+`serve.batching=true` (concurrent requests share forward passes via @serve.batch + batched adaptive refinement) and
+with `serve.batching=false` (one request per model call). At concurrency 1, 4 and 16, closed-loop clients send
+requests through the official `openai` client; we report requests/s, p50/p99 latency and the mean number of
+refinement rounds the server reports. Headline: `batching_speedup` = requests/s with / without batching at
+concurrency 16.
+
+    python benchmarks/serve_load.py [--quick] [--model DIR] [--out FILE]
+
+Without --model it serves tests/serve_model.py's tiny model that has memorised a few tool-calling dialogues, so the
+answers are real calls and refinement stops at round 2 like a trained model's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # for replicas
+
+from tqdm import tqdm  # noqa: E402
+
+from serve_model import EXAMPLES, calling_model  # noqa: E402
+
+CONCURRENCY = (1, 4, 16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def openai_messages(messages: list[dict]) -> list[dict]:
+    """Sample-style history → OpenAI wire format (assistant calls with JSON-string arguments)."""
+    out = []
+    for i, m in enumerate(messages):
+        if m.get("tool_calls"):
+            calls = [{"id": f"call_{i}_{j}", "type": "function",
+                      "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+                     for j, c in enumerate(m["tool_calls"])]
+            out.append({"role": "assistant", "content": m.get("content") or None, "tool_calls": calls})
+        elif m["role"] == "tool":
+            out.append({"role": "tool", "tool_call_id": f"call_{i - 1}_0", "content": m["content"]})
+        else:
+            out.append(m)
+    return out
+
+
+def level(client, n_requests: int, concurrency: int, max_rounds: int) -> dict:
+    """Closed loop: `concurrency` clients, `n_requests` in all. Latencies per request, wall time for all."""
+    bodies = [(tools, openai_messages(msgs)) for tools, msgs, _ in EXAMPLES]
+
+    def one(i: int) -> tuple[float, int]:
+        tools, messages = bodies[i % len(bodies)]
+        start = time.perf_counter()
+        resp = client.chat.completions.create(model="toolace-r", messages=messages, tools=tools,
+                                              extra_body={"max_refine_rounds": max_rounds})
+        return time.perf_counter() - start, resp.model_extra["toolace_r"]["refinement_rounds"]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(tqdm(pool.map(one, range(n_requests)), total=n_requests, leave=False,
+                            desc=f"concurrency {concurrency}"))
+    wall = time.perf_counter() - start
+    lat = sorted(r[0] for r in results)
+    return {
+        "concurrency": concurrency,
+        "requests": n_requests,
+        "requests_per_s": n_requests / wall,
+        "p50_ms": 1000 * statistics.median(lat),
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
+        "mean_rounds": statistics.fmean(r[1] for r in results),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests per level (≤ 3 min)")
+    parser.add_argument("--model", help="model dir to serve (default: the tiny memorising test model)")
+    parser.add_argument("--max-rounds", type=int, default=3, help="max_refine_rounds sent with every request")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
+    args = parser.parse_args()
+
+    import ray
+    from openai import OpenAI
+    from ray import serve
+
+    from toolace_r.config import load_config
+    from toolace_r.serve import build_application
+
+    model_dir = args.model or str(calling_model())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    rows = []
+    try:
+        for batching in (True, False):
+            overrides = [f"serve.model={model_dir}", f"serve.batching={str(batching).lower()}", "serve.num_cpus=1",
+                         "serve.min_replicas=1", "serve.max_replicas=1", "serve.max_ongoing_requests=32",
+                         "serve.max_batch_size=16"]
+            serve.run(build_application(load_config(None, overrides)), name="bench", route_prefix="/",
+                      blocking=False)
+            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=600)
+            level(client, 4, 2, args.max_rounds)  # warm-up: first forward passes, lazy imports
+            for c in CONCURRENCY:
+                n = (2 * c + 8) if args.quick else max(24, 6 * c)
+                row = {"batching": batching, **level(client, n, c, args.max_rounds)}
+                rows.append(row)
+                print(f"batching={batching!s:5} c={c:2d}: {row['requests_per_s']:6.2f} req/s  "
+                      f"p50 {row['p50_ms']:7.0f} ms  p99 {row['p99_ms']:7.0f} ms  rounds {row['mean_rounds']:.2f}",
+                      flush=True)
+            serve.delete("bench")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    def rps(batching: bool, c: int) -> float:
+        return next(r["requests_per_s"] for r in rows if r["batching"] == batching and r["concurrency"] == c)
+
+    headline = {
+        "batching_speedup": rps(True, 16) / rps(False, 16),
+        "rps_c16_batching": rps(True, 16),
+        "rps_c16_no_batching": rps(False, 16),
+        "rps_c1_batching": rps(True, 1),
+        "mean_rounds": statistics.fmean(r["mean_rounds"] for r in rows),
+    }
+    print("\n| batching | concurrency | requests | req/s | p50 ms | p99 ms | mean rounds |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {'on' if r['batching'] else 'off'} | {r['concurrency']} | {r['requests']} | "
+              f"{r['requests_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_rounds']:.2f} |")
+    print(f"\nbatching_speedup at concurrency 16: {headline['batching_speedup']:.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"headline": headline, "rows": rows, "model": model_dir, "quick": args.quick,
+                               "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+                               "max_refine_rounds": args.max_rounds}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
