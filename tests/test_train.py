@@ -259,3 +259,30 @@ def test_zero3_survives_a_worker_failure_and_learns(ray_local, tiny_model_dir, u
     resumed = [r["step"] for r in records if r["attempt"] == 1]
     assert resumed[0] == 21 and resumed[-1] == 80  # redone from the last checkpoint (step 20), not from 0
     _check_learned(result, out, untrained_score, rows)
+
+
+def test_load_rows_reads_row_files_and_pool_files(tmp_path):
+    from toolace_r.data.schema import Sample
+    from toolace_r.io import write_samples
+    from toolace_r.train import load_rows
+
+    rows = fixed_rows()[:4]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_rows(str(tmp_path / "rows.jsonl")) == validate_rows(rows)
+    sample = Sample(id="s1", tools=TOOLS[:1], messages=[{"role": "user", "content": "Weather in Oslo?"}],
+                    truth=[{"get_weather": {"city": ["Oslo"]}}])
+    write_samples(tmp_path / "pool.jsonl", [sample])
+    (row,) = load_rows(str(tmp_path / "pool.jsonl"), style="compact")
+    assert row["completion"] == '[get_weather(city="Oslo")]'
+    assert row["chat"] == chat_messages(TOOLS[:1], sample.messages, "compact")
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"bad.jsonl.*record 1"):
+        load_rows(str(tmp_path / "bad.jsonl"))
+
+
+def test_train_command_needs_data_and_a_real_model(tmp_path):
+    from toolace_r.cli import main
+
+    assert main(["train", "--out", str(tmp_path)]) == 2  # no --data
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fixed_rows()))
+    assert main(["train", "--data", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path), "model.path=tiny"]) == 2

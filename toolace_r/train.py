@@ -104,21 +104,24 @@ def load_rows(data: str | Path | list[dict], style: str = "compact") -> list[dic
     path = Path(data)
     if not path.exists():
         raise DataError("does not exist", path=str(path))
-    if path.is_file() and path.suffix in (".jsonl", ".json"):
+    rows: list | None = None
+    if path.is_file() and path.suffix == ".json":
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            rows = loaded if isinstance(loaded, list) else None
+        except json.JSONDecodeError as err:
+            raise DataError(f"not valid JSON: {err}", path=str(path)) from None
+    elif path.is_file() and path.suffix == ".jsonl":
         rows = []
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    if i == 0 and path.suffix == ".json":
-                        rows = None  # a JSON array / other format: let the pool reader handle it
-                        break
-                    raise DataError(f"not valid JSON: {err}", path=str(path), index=i) from None
-        if rows and isinstance(rows[0], dict) and "completion" in rows[0]:
-            return validate_rows(rows, str(path))
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"not valid JSON: {err}", path=str(path), index=i) from None
+    if rows and isinstance(rows[0], dict) and "completion" in rows[0]:
+        return validate_rows(rows, str(path))
     from toolace_r.data.pool import read_samples_file  # pool formats (owned by the data module)
 
     result = read_samples_file(str(path))
@@ -377,8 +380,9 @@ def _train_worker(config: dict) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
 
     def say(msg: str) -> None:
+        """Rank 0's progress line. To the real stdout: Ray Train's patched print would emit it twice (log + tee)."""
         if rank == 0:
-            print(f"[train] {msg}", flush=True)
+            print(f"[train] {msg}", file=sys.__stdout__, flush=True)
 
     # --- data: this worker's shard, tokenised here -------------------------------------------------------------
     tokenizer = load_tokenizer(config["model_path"], cfg.model.trust_remote_code)

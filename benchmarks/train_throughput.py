@@ -1,0 +1,149 @@
+"""Training throughput: Ray Train + DeepSpeed ZeRO vs a bare single-process torch loop, at equal work.
+
+Equal work means: the same tiny Llama model (same init), the same rows, the same length-grouped micro-batches, the
+same global batch per optimizer step (one micro-batch per worker × grad_accum), the same optimizer and LR schedule,
+and the same CPU cores — 2 Ray workers × 1 torch thread against 1 process × 2 torch threads. Both figures are real
+(non-padding) tokens per second over the training loop; Ray Train's start-up (worker group, process group, DeepSpeed
+init) is reported separately as `startup_s`, since it is paid once per fit, not per token.
+
+    python benchmarks/train_throughput.py [--quick] [--zero 2] [--out benchmarks/results/train_throughput.json]
+
+Headline: `overhead` = 1 − ours/bare tokens/s (goal ≤ 10 %), `padding_fraction` (goal ≤ 5 %).
+The bare loop runs before and after the Ray run and its mean is used, because this machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def bare_loop(cfg, model_dir: str, rows: list[dict], threads: int, workers: int) -> dict:
+    """The same training as toolace_r.train, in one process: each step runs the micro-batches every worker would
+    have run (rows split in `workers` contiguous shards like Dataset.split), gradients averaged, then one AdamW step."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from toolace_r.models import load_tokenizer
+    from toolace_r.train import _param_groups, batch_stats, build_schedule, collate, encode_row, lr_factor, plan_micro_batches
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.train.seed)
+    tcfg = cfg.train
+    tok = load_tokenizer(model_dir)
+    per = len(rows) // workers
+    shards = []
+    for w in range(workers):
+        encoded = [encode_row(tok, r["chat"], r["completion"], tcfg.max_length) for r in rows[w * per:(w + 1) * per]]
+        shards.append([e for e in encoded if e is not None])
+    counts = {}
+    for epoch in range(max(1, int(tcfg.epochs + 0.999))):
+        counts[epoch] = min(len(plan_micro_batches([len(e["input_ids"]) for e in s], tcfg.tokens_per_micro_batch,
+                                                   seed=tcfg.seed * 1000 + epoch)) for s in shards)
+    plans = []
+    for s in shards:
+        it = iter(counts.values())
+        plans.append(build_schedule(len(s), [len(e["input_ids"]) for e in s], tcfg, lambda n: next(it)))
+    steps = plans[0][1]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    model.train()
+    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tuple(tcfg.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tcfg.warmup_steps, steps, tcfg.min_lr_ratio))
+    ga = max(1, tcfg.grad_accum)
+    real = pad = 0
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        step_loss = 0.0
+        for w, (schedule, _) in enumerate(plans):
+            for micro in schedule[step * ga:(step + 1) * ga]:
+                ex = [shards[w][i] for i in micro]
+                loss = model(**collate(ex, tok.pad_token_id), use_cache=False).loss
+                (loss / (ga * workers)).backward()
+                step_loss += loss.item() / (ga * workers)
+                r, p, _ = batch_stats(ex)
+                real, pad = real + r, pad + p
+        if tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+    loop_s = time.perf_counter() - t0
+    return {"steps": steps, "tokens_per_s": real / loop_s, "train_tokens": real, "loop_s": loop_s,
+            "padding_fraction": pad / (real + pad), "loss_first": sum(losses[:5]) / 5, "loss_last": sum(losses[-5:]) / 5}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rows and steps (≤ 3 min)")
+    parser.add_argument("--zero", type=int, default=2, choices=[0, 1, 2, 3])
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/train_throughput.json"))
+    args = parser.parse_args()
+
+    import ray
+
+    from toolace_r.config import BuiltinPoolConfig, TinyModelConfig, load_config
+    from toolace_r.data.pool import load_builtin, pool_texts
+    from toolace_r.models import build_tiny_model
+    from toolace_r.train import rows_from_samples, train
+
+    n_rows, steps, micro = (400, 20, 2048) if args.quick else (2000, 100, 4096)
+    workers = 2
+    cfg = load_config(None, [
+        f"train.zero_stage={args.zero}", f"train.num_workers={workers}", "train.cpus_per_worker=1",
+        f"train.max_steps={steps}", "train.epochs=10", f"train.tokens_per_micro_batch={micro}", "train.max_length=512",
+        "train.checkpoint_every=0", "train.warmup_steps=10", "model.prompt_style=compact"])
+    samples, _ = load_builtin(BuiltinPoolConfig(n_train=n_rows, n_heldout=0, seed=0))
+    rows = rows_from_samples(samples, "compact")
+    work = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    shape = TinyModelConfig()  # the demo's model: hidden 128, 4 layers, vocab 2048 (~1 M params)
+    model_dir = str(build_tiny_model(work / "model", pool_texts(samples, "compact"), shape, "compact"))
+
+    print(f"{len(rows)} rows, {steps} steps, 2-core CPU; bare loop (1 process × 2 threads) ...", flush=True)
+    bare_before = bare_loop(cfg, model_dir, rows, threads=2, workers=workers)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    print(f"Ray Train + DeepSpeed ZeRO-{args.zero} ({workers} workers × 1 thread) ...", flush=True)
+    ours = train(cfg, model_dir, rows, str(work / "ray"))
+    ray.shutdown()
+    print("bare loop again ...", flush=True)
+    bare_after = bare_loop(cfg, model_dir, rows, threads=2, workers=workers)
+    bare_tps = (bare_before["tokens_per_s"] + bare_after["tokens_per_s"]) / 2
+
+    headline = {
+        "overhead": 1 - ours["tokens_per_s"] / bare_tps,
+        "padding_fraction": ours["padding_fraction"],
+        "ours_tokens_per_s": ours["tokens_per_s"],
+        "bare_tokens_per_s": bare_tps,
+        "startup_s": ours["wall_s"] - ours["loop_s"],
+    }
+    table = [
+        ("bare torch, 1 proc × 2 threads (before)", bare_before["tokens_per_s"], bare_before["steps"], bare_before["loop_s"], bare_before["loss_last"]),
+        (f"Ray Train + DeepSpeed ZeRO-{args.zero}, 2 × 1", ours["tokens_per_s"], ours["steps"], ours["loop_s"], ours["loss_last"]),
+        ("bare torch, 1 proc × 2 threads (after)", bare_after["tokens_per_s"], bare_after["steps"], bare_after["loop_s"], bare_after["loss_last"]),
+    ]
+    print(f"\n{'run':<44} {'tokens/s':>10} {'steps':>6} {'loop s':>8} {'last loss':>10}")
+    for name, tps, st, loop_s, loss in table:
+        print(f"{name:<44} {tps:>10,.0f} {st:>6} {loop_s:>8.1f} {loss:>10.3f}")
+    print(f"\noverhead (1 − ours/bare tokens/s): {headline['overhead']:+.1%}   padding: {headline['padding_fraction']:.2%}   "
+          f"Ray Train start-up + export: {headline['startup_s']:.1f} s   (ours/bare = {ours['tokens_per_s'] / bare_tps:.2f}×)")
+    result = {"headline": headline, "quick": args.quick, "zero_stage": args.zero, "rows": len(rows), "steps": steps,
+              "model": {"hidden_size": shape.hidden_size, "num_layers": shape.num_layers, "vocab_size": shape.vocab_size},
+              "bare_before": bare_before, "bare_after": bare_after,
+              "ours": {k: v for k, v in ours.items() if k not in ("model_dir", "ray_train_path")},
+              "machine": "2-core CPU (shared), no GPU"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
