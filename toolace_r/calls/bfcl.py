@@ -23,7 +23,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from toolace_r.calls.syntax import Call, _node_text, safe_arith
+from toolace_r.calls.syntax import SOURCE_NAME, Call, _node_text, safe_arith
 from toolace_r.errors import CallParseError
 
 
@@ -39,7 +39,7 @@ def decode_bfcl(text: str) -> list[Call]:
         s = s + "]"
     s = s.strip("[]'")
     try:
-        tree = ast.parse(s, mode="eval")
+        tree = ast.parse(s, filename=SOURCE_NAME, mode="eval")
     except SyntaxError as err:
         raise CallParseError(f"BFCL decoder: {type(err).__name__}: {err.msg} (line {err.lineno})") from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as err:

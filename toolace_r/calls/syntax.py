@@ -21,6 +21,7 @@ import json
 import keyword
 import math
 import re
+import warnings
 from typing import Any
 
 from toolace_r.errors import CallParseError
@@ -28,6 +29,12 @@ from toolace_r.errors import CallParseError
 Call = dict[str, Any]  # {"name": str, "arguments": dict}
 
 DECODERS = ("lenient", "bfcl")
+
+# Model text is parsed under this file name, so that Python's compile-time warnings about it ("invalid decimal
+# literal", "invalid escape sequence") are silenced without touching warnings about real code.
+SOURCE_NAME = "<model-output>"
+for _category in (SyntaxWarning, DeprecationWarning):
+    warnings.filterwarnings("ignore", category=_category, module=re.escape(SOURCE_NAME))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,12 +195,12 @@ def calls_from_objects(obj: Any) -> list[Call]:
 # --- python call syntax ---------------------------------------------------------------------------------------
 def _parse_python(s: str) -> list[Call]:
     try:
-        return _calls_from_tree(ast.parse(s, mode="eval").body, {})
+        return _calls_from_tree(ast.parse(s, filename=SOURCE_NAME, mode="eval").body, {})
     except (SyntaxError, ValueError, _NeedsSubstitution):
         pass  # names Python cannot read: substitute placeholders and try again
     substituted, names = _substitute_names(s)
     try:
-        tree = ast.parse(substituted, mode="eval")
+        tree = ast.parse(substituted, filename=SOURCE_NAME, mode="eval")
     except SyntaxError as err:
         raise CallParseError(f"not valid call syntax: {err.msg} (line {err.lineno}, column {err.offset})") from None
     except ValueError as err:
