@@ -172,3 +172,9 @@ def test_gold_calls_satisfy_the_checker():
 def test_standardize_string():
     assert standardize_string("New York, N.Y. - 2024_01/02 * 3^2") == "newyorkny202401023" + "2"
     assert standardize_string("It's") == 'it"s'
+
+
+def test_unknown_decoder_is_a_programming_error():
+    with pytest.raises(ValueError, match="decoder"):
+        check("[f()]", [fn()], [{"f": {}}], "simple", decoder="strict")
+    assert check("[f()]", [fn()], [{"f": {}}], "simple", decoder=None).valid  # None = the default (lenient)

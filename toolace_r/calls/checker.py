@@ -24,7 +24,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from toolace_r.calls.syntax import Call, _short, calls_from_objects, parse_calls
+from toolace_r.calls.syntax import DECODERS, Call, _short, calls_from_objects, parse_calls
 from toolace_r.errors import CallParseError
 
 
@@ -80,7 +80,11 @@ def check(
     decoder: str = "lenient",
 ) -> Verdict:
     """Judge one model output. `output` is raw model text (decoded with `decoder`) or already-structured calls
-    (`[{"name", "arguments"}]`, OpenAI tool calls, or BFCL's `[{name: {args}}]`). Never raises."""
+    (`[{"name", "arguments"}]`, OpenAI tool calls, or BFCL's `[{name: {args}}]`). Never raises for any output or
+    record; only an unknown `decoder` name (a programming error) raises ValueError."""
+    decoder = decoder or "lenient"
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; expected one of {DECODERS}")
     try:
         return _check(output, functions, truth, category, decoder)
     except Exception as err:  # noqa: BLE001 - a checker that raises would abort a whole probing job
