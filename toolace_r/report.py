@@ -151,7 +151,7 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right")
+        ax.legend(loc="best", fontsize="small")
     ax.set_title("Held-out accuracy per iteration")
     out["accuracy"] = _png(fig)
     plt.close(fig)
@@ -169,7 +169,7 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         ax.set_xlabel("pass rate (correct / k sampled answers)")
         ax.set_ylabel("pool samples")
         ax.legend()
-        ax.set_title("Pass-rate histogram of the pool, probed with the model entering each iteration")
+        ax.set_title("Pool pass rates, probed with the model entering each iteration", fontsize="medium")
         out["pass_rates"] = _png(fig)
         plt.close(fig)
 
