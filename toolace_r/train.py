@@ -354,11 +354,13 @@ class _Totals:
     pad_tokens: float = 0.0
     target_tokens: float = 0.0
     loop_s: float = 0.0
+    cpu_s: float = 0.0  # process CPU seconds of all workers in the loop: a load-independent cost on a shared machine
 
 
 def _train_worker(config: dict) -> None:
     import deepspeed
     import ray.train
+    import ray.train.torch
     import torch
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM
@@ -373,7 +375,7 @@ def _train_worker(config: dict) -> None:
     if not on_gpu:
         torch.set_num_threads(max(1, int(tcfg.cpus_per_worker)))
         _skip_shm_comm_build()
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
     torch.manual_seed(tcfg.seed)
     # Ray Train already made the torch process group; this makes deepspeed.comm wrap it (ZeRO-3's zero.Init reads
     # the world size from it while the model is being built).
@@ -462,7 +464,7 @@ def _train_worker(config: dict) -> None:
 
     say(f"{int(counts[0])} rows on {world} workers, ZeRO-{tcfg.zero_stage}, {'bf16' if bf16 else 'fp32'}, "
         f"{total_steps} steps × {tcfg.grad_accum} micro-batches/worker, lr {tcfg.lr:g}, "
-        f"{sum(p.numel() for p in model.parameters() if p.requires_grad) if tcfg.zero_stage < 3 else 'partitioned'} trainable params")
+        f"{sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters() if p.requires_grad):,} trainable params")
 
     # --- loop ---------------------------------------------------------------------------------------------------
     ga = max(1, tcfg.grad_accum)
@@ -470,8 +472,8 @@ def _train_worker(config: dict) -> None:
     fail_at = int(config.get("fail_once_at_step") or 0)
     engine.train()
     for step in range(start_step, total_steps):
-        t0 = time.perf_counter()
-        stats = torch.zeros(5, dtype=torch.float64)  # loss sum, micro-batches, real, pad, target tokens
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        stats = torch.zeros(6, dtype=torch.float64)  # loss sum, micro-batches, real, pad, target tokens, CPU s
         for micro in schedule[step * ga:(step + 1) * ga]:
             batch_examples = [examples[i] for i in micro]
             batch = {k: v.to(device) for k, v in collate(batch_examples, tokenizer.pad_token_id).items()}
@@ -479,13 +481,14 @@ def _train_worker(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             real, pad, target = batch_stats(batch_examples)
-            stats += torch.tensor([loss.item(), 1, real, pad, target], dtype=torch.float64)
+            stats += torch.tensor([loss.item(), 1, real, pad, target, 0.0], dtype=torch.float64)
         if fail_at and step + 1 == fail_at and config.get("fail_marker") and rank == world - 1:
             marker = Path(config["fail_marker"])
             if not marker.exists():  # fail once only: the marker survives the restart
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(f"failed at step {step + 1}\n")
                 raise RuntimeError(f"injected failure at step {step + 1} (test of fault tolerance)")
+        stats[5] = time.process_time() - cpu0
         stats = stats.to(device)
         dist.all_reduce(stats)
         stats = stats.cpu().tolist()
@@ -494,6 +497,7 @@ def _train_worker(config: dict) -> None:
         totals.pad_tokens += stats[3]
         totals.target_tokens += stats[4]
         totals.loop_s += dt
+        totals.cpu_s += stats[5]
         done = step + 1
         record = {
             "step": done, "epoch": round(done / max(1, total_steps) * max(tcfg.epochs, 0), 4),
@@ -523,7 +527,7 @@ def _train_worker(config: dict) -> None:
         "tokens_per_s": totals.real_tokens / totals.loop_s if totals.loop_s else 0.0,
         "padding_fraction": totals.pad_tokens / max(1.0, totals.real_tokens + totals.pad_tokens),
         "train_tokens": int(totals.real_tokens), "target_tokens": int(totals.target_tokens),
-        "loop_s": totals.loop_s, "attempt": attempt, "rows": int(counts[0]),
+        "loop_s": totals.loop_s, "cpu_s": totals.cpu_s, "attempt": attempt, "rows": int(counts[0]),
     }
     if rank == 0:
         live.close()
@@ -590,6 +594,10 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     (including Ray Train start-up), plus restarts and the Ray Train storage path.
     `fail_once_at_step` makes the last worker raise once after that step (fault-tolerance tests): a marker file in
     OUT records that it happened, so the restarted attempt trains through.
+
+    On a multi-node cluster, `model_path` must be readable on every node (shared disk or hub name) and
+    train.storage_path must be shared storage (NFS, s3://...): checkpoints and the final model travel through it,
+    so OUT only has to exist on the driver. OUT/metrics.jsonl is also written live by rank 0 when OUT is reachable.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -673,6 +681,7 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
         "rows": final["rows"],
         "wall_s": time.time() - t_start,
         "loop_s": final["loop_s"],
+        "cpu_s": final["cpu_s"],
         "restarts": final["attempt"],
         "zero_stage": tcfg.zero_stage,
         "num_workers": tcfg.num_workers,
