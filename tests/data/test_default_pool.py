@@ -21,9 +21,9 @@ def pool():
 
 
 def test_generation_is_fast_and_sized():
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the shared CI machine's load must not fail this (~0.3 s idle)
     train, heldout = load_builtin(BuiltinPoolConfig(n_train=4000, n_heldout=200, seed=3))
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert len(train) == 4000 and len(heldout) == 200
     ids = [s.id for s in train + heldout]
     assert len(set(ids)) == len(ids)
