@@ -74,15 +74,52 @@ def level(client, n_requests: int, concurrency: int, max_rounds: int) -> dict:
         results = list(tqdm(pool.map(one, range(n_requests)), total=n_requests, leave=False,
                             desc=f"concurrency {concurrency}"))
     wall = time.perf_counter() - start
-    lat = sorted(r[0] for r in results)
+    return {"concurrency": concurrency, "wall_s": wall, "latencies": [r[0] for r in results],
+            "rounds": [r[1] for r in results]}
+
+
+def merge(parts: list[dict]) -> dict:
+    """Alternating runs of one variant → requests/s over their summed wall time, latency percentiles over all."""
+    lat = sorted(x for p in parts for x in p["latencies"])
+    rounds = [x for p in parts for x in p["rounds"]]
     return {
-        "concurrency": concurrency,
-        "requests": n_requests,
-        "requests_per_s": n_requests / wall,
+        "concurrency": parts[0]["concurrency"],
+        "requests": len(lat),
+        "requests_per_s": len(lat) / sum(p["wall_s"] for p in parts),
         "p50_ms": 1000 * statistics.median(lat),
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))],
-        "mean_rounds": statistics.fmean(r[1] for r in results),
+        "mean_rounds": statistics.fmean(rounds),
     }
+
+
+def engine_speedup(model_dir: str, max_rounds: int, repeats: int = 2) -> dict:
+    """The model side alone, in this process (1 thread, like a 1-CPU replica): 16 requests answered as one
+    adaptive_refine batch vs one at a time. The gap to the end-to-end ratio is what HTTP + Serve cost per request."""
+    import torch
+
+    from serve_model import _project_tools
+    from toolace_r.serve import Engine, Job
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = Engine.load(model_dir, dtype="float32")
+        jobs = ([Job(_project_tools(t), m, max_rounds, 256, 0.0) for t, m, _ in EXAMPLES] * 4)[:16]
+        engine.run(jobs[:2])
+        single = batched = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for job in jobs:
+                engine.run([job])
+            single += time.perf_counter() - start
+            start = time.perf_counter()
+            engine.run(jobs)
+            batched += time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    n = repeats * len(jobs)
+    return {"ms_per_request_single": 1000 * single / n, "ms_per_request_batch16": 1000 * batched / n,
+            "speedup": single / batched}
 
 
 def main() -> None:
@@ -101,27 +138,40 @@ def main() -> None:
     from toolace_r.serve import build_application
 
     model_dir = args.model or str(calling_model())
+    engine = engine_speedup(model_dir, args.max_rounds)
+    print(f"engine alone: {engine['ms_per_request_single']:.0f} ms/request one at a time, "
+          f"{engine['ms_per_request_batch16']:.0f} ms/request in a batch of 16 ({engine['speedup']:.2f}x)", flush=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # Both variants run side by side (one replica each, 1 CPU each) and are measured in alternation, so that load
+    # from other processes on the machine hits both alike.
+    clients = {}
+    for batching in (True, False):
+        name = "batching" if batching else "no_batching"
+        overrides = [f"serve.model={model_dir}", f"serve.batching={str(batching).lower()}", "serve.num_cpus=1",
+                     "serve.min_replicas=1", "serve.max_replicas=1", "serve.max_ongoing_requests=32",
+                     "serve.max_batch_size=16"]
+        serve.run(build_application(load_config(None, overrides)), name=name, route_prefix=f"/{name}",
+                  blocking=False)
+        clients[batching] = OpenAI(base_url=f"http://127.0.0.1:{port}/{name}/v1", api_key="-", max_retries=0,
+                                   timeout=600)
+        level(clients[batching], 4, 2, args.max_rounds)  # warm-up: first forward passes, lazy imports
     rows = []
+    repeats = 2
     try:
-        for batching in (True, False):
-            overrides = [f"serve.model={model_dir}", f"serve.batching={str(batching).lower()}", "serve.num_cpus=1",
-                         "serve.min_replicas=1", "serve.max_replicas=1", "serve.max_ongoing_requests=32",
-                         "serve.max_batch_size=16"]
-            serve.run(build_application(load_config(None, overrides)), name="bench", route_prefix="/",
-                      blocking=False)
-            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0, timeout=600)
-            level(client, 4, 2, args.max_rounds)  # warm-up: first forward passes, lazy imports
-            for c in CONCURRENCY:
-                n = (2 * c + 8) if args.quick else max(24, 6 * c)
-                row = {"batching": batching, **level(client, n, c, args.max_rounds)}
+        for c in CONCURRENCY:
+            n = (4 * c + 8) if args.quick else max(32, 8 * c)
+            parts: dict[bool, list[dict]] = {True: [], False: []}
+            for _ in range(repeats):
+                for batching in (True, False):
+                    parts[batching].append(level(clients[batching], n // repeats, c, args.max_rounds))
+            for batching in (True, False):
+                row = {"batching": batching, **merge(parts[batching])}
                 rows.append(row)
                 print(f"batching={batching!s:5} c={c:2d}: {row['requests_per_s']:6.2f} req/s  "
                       f"p50 {row['p50_ms']:7.0f} ms  p99 {row['p99_ms']:7.0f} ms  rounds {row['mean_rounds']:.2f}",
                       flush=True)
-            serve.delete("bench")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -135,6 +185,7 @@ def main() -> None:
         "rps_c16_no_batching": rps(False, 16),
         "rps_c1_batching": rps(True, 1),
         "mean_rounds": statistics.fmean(r["mean_rounds"] for r in rows),
+        "engine_batch16_speedup": engine["speedup"],
     }
     print("\n| batching | concurrency | requests | req/s | p50 ms | p99 ms | mean rounds |")
     print("|---|---|---|---|---|---|---|")
@@ -144,7 +195,7 @@ def main() -> None:
     print(f"\nbatching_speedup at concurrency 16: {headline['batching_speedup']:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"headline": headline, "rows": rows, "model": model_dir, "quick": args.quick,
+    out.write_text(json.dumps({"headline": headline, "rows": rows, "engine": engine, "model": model_dir, "quick": args.quick,
                                "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
                                "max_refine_rounds": args.max_rounds}, indent=2))
     print(f"wrote {out}")

@@ -37,6 +37,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -678,9 +679,14 @@ def serve_command(args, cfg: Config) -> int:
     serve.run(app, name="toolace-r", route_prefix=cfg.serve.route_prefix, blocking=False)
     base = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
     print(f"toolace-r serving {cfg.serve.model} as {cfg.serve.model_name!r} at {base}/v1 (Ctrl-C to stop)", flush=True)
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # `kill`, Kubernetes, systemd: shut down as on Ctrl-C
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        print("shutting down Serve", flush=True)
         serve.shutdown()
     return 0
