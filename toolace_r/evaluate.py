@@ -238,8 +238,9 @@ def eval_command(args: Any, cfg: Config) -> int:
     if model == "tiny":
         raise ConfigError("eval needs a model: --model DIR (or model.path=DIR), or --model oracle:gold to score the "
                           "ground truths themselves")
-    if model != ORACLE and "://" not in model and not Path(model).is_dir():
-        raise ConfigError(f"eval: model directory {model} does not exist")
+    looks_local = model.startswith(("/", ".", "~")) or Path(model).exists()
+    if model != ORACLE and looks_local and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"eval: model directory {model} does not exist")  # hub names pass through
     if getattr(args, "decoder", None):
         cfg.eval.decoder = args.decoder
     specs = list(getattr(args, "data", None) or cfg.eval.data)
