@@ -51,6 +51,7 @@ class _Ctx:
     index: int = 0
     answers: dict[str, Any] | None = None  # BFCL: id -> ground truth
     category: str = ""  # BFCL: category from the file name
+    require_declared: bool = False  # a truth call must name one of the record's tools
 
     def error(self, message: str, field: str | None = None) -> DataError:
         return DataError(message, path=self.path, index=self.index, field=field)
@@ -218,6 +219,49 @@ def _call(obj: Any, where: str, ctx: _Ctx, args_key: str = "arguments") -> dict[
     return {"name": obj["name"], "arguments": _arguments(raw_args, f"{where}.{args_key}", ctx)}
 
 
+def _check_declared(names: list[str], tools: list[dict[str, Any]], where: str, ctx: _Ctx) -> None:
+    """With ctx.require_declared, a truth call must name one of the record's tools: a training target calling a
+    function the prompt never offered teaches the model to invent functions, and no answer can ever pass the check."""
+    if not ctx.require_declared:
+        return
+    declared = {t["name"] for t in tools}
+    for name in names:
+        if name not in declared:
+            offered = ", ".join(repr(n) for n in sorted(declared)[:8]) or "none"
+            raise ctx.error(f"truth calls {name!r}, which is not among the record's tools ({offered})", where)
+
+
+def _surrogate_path(value: Any, path: str) -> str | None:
+    """Where (a field path) the first string that is not valid Unicode sits, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _surrogate_path(k, path) or _surrogate_path(v, f"{path}.{k}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _surrogate_path(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _check_unicode(sample: Sample, ctx: _Ctx) -> None:
+    """A lone UTF-16 surrogate (a "\\ud83d" escape without its pair: an emoji cut in half) reads fine from JSON but
+    is not text: every later write (UTF-8 JSON Lines, parquet, the tokenizer) fails on it, far from this record."""
+    for key in ("id", "tools", "messages", "truth"):
+        where = _surrogate_path(getattr(sample, key), key)
+        if where:
+            raise ctx.error(f"sample {sample.id!r}: text is not valid Unicode (a lone UTF-16 surrogate, e.g. an "
+                            f"emoji cut in half)", where)
+
+
 def _require(record: dict, key: str, kind: type | tuple, ctx: _Ctx) -> Any:
     if key not in record:
         raise ctx.error("missing", key)
@@ -247,7 +291,8 @@ class _Dialogue:
     def say(self, role: str, content: Any) -> None:
         self.history.append({"role": role, "content": "" if content is None else str(content)})
 
-    def call(self, calls: list[dict[str, Any]], content: str = "") -> None:
+    def call(self, calls: list[dict[str, Any]], content: str, where: str) -> None:
+        _check_declared([c["name"] for c in calls], self.tools, where, self.ctx)
         self.samples.append(Sample(
             id=f"{self.base}-{len(self.samples)}",
             tools=self.tools,
@@ -295,7 +340,7 @@ def read_toolace(record: dict, ctx: _Ctx) -> list[Sample]:
             except CallParseError as err:
                 raise ctx.error(f"assistant call cannot be parsed: {err}", where + ".value") from None
             if calls:
-                dialog.call(calls, text)
+                dialog.call(calls, text, where + ".value")
                 continue
         dialog.say(role, text)
     return dialog.samples
@@ -304,11 +349,14 @@ def read_toolace(record: dict, ctx: _Ctx) -> list[Sample]:
 def _find_json_tools(text: str, ctx: _Ctx) -> list:
     """The first JSON array of objects with a "name" inside a system prompt (ToolACE puts the tools there)."""
     decoder = json.JSONDecoder()
-    for m in re.finditer(r"\[", text):
+    # a list of tool objects starts with "[" then "{": trying every "[" would be slow on huge prompts full of them
+    for m in re.finditer(r"\[\s*\{", text):
         try:
             value, _ = decoder.raw_decode(text, m.start())
         except json.JSONDecodeError:
             continue
+        except RecursionError:
+            raise ctx.error("JSON in the system prompt is nested too deeply to read", "system") from None
         if isinstance(value, list) and value and all(isinstance(t, dict) and "name" in t for t in value):
             return value
     raise ctx.error("no JSON list of tools found in the system prompt", "system")
@@ -339,7 +387,7 @@ def read_sharegpt(record: dict, ctx: _Ctx) -> list[Sample]:
                 raise ctx.error(f"function_call is not valid JSON: {err}", where + ".value") from None
         items = value if isinstance(value, list) else [value]  # LLaMA-Factory writes parallel calls as a list
         calls = [_call(c, f"{where}.value[{j}]", ctx) for j, c in enumerate(items)]
-        dialog.call(calls, text if isinstance(text, str) else json.dumps(value))
+        dialog.call(calls, text if isinstance(text, str) else json.dumps(value), where + ".value")
     return dialog.samples
 
 
@@ -359,7 +407,7 @@ def read_openai(record: dict, ctx: _Ctx) -> list[Sample]:
             if not isinstance(raw_calls, list):
                 raise ctx.error("tool_calls must be a list", where + ".tool_calls")
             calls = [_call(c, f"{where}.tool_calls[{j}]", ctx) for j, c in enumerate(raw_calls)]
-            dialog.call(calls, msg.get("content") or "")
+            dialog.call(calls, msg.get("content") or "", where + ".tool_calls")
             continue
         content = msg.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
@@ -390,6 +438,7 @@ def read_bfcl_record(record: dict, ctx: _Ctx) -> list[Sample]:
         truth = ctx.answers[rid]
         if not isinstance(truth, list) or not all(isinstance(t, dict) and len(t) == 1 for t in truth):
             raise ctx.error("ground_truth must be a list of {function: {param: [values]}}", "ground_truth")
+        _check_declared([next(iter(t)) for t in truth], tools, "ground_truth", ctx)
     category = ctx.category if ctx.category in CATEGORIES else ""
     return [Sample(id=rid, tools=tools, messages=messages, truth=truth, category=category,
                    source=f"bfcl/{ctx.category or ctx.stem}")]
@@ -415,6 +464,8 @@ def read_apibank(record: dict, ctx: _Ctx) -> list[Sample]:
     tools = _tools_list(_require(record, "tools", list, ctx), "tools", ctx)
     answers = _require(record, "answers", list, ctx)
     calls = [_call(a, f"answers[{j}]", ctx) for j, a in enumerate(answers)]
+    for j, c in enumerate(calls):
+        _check_declared([c["name"]], tools, f"answers[{j}].name", ctx)
     messages: list[dict[str, Any]] = []
     for i, msg in enumerate(_require(record, "query", list, ctx)):
         where = f"query[{i}]"
@@ -504,6 +555,7 @@ def read_toolrl(record: dict, ctx: _Ctx) -> list[Sample]:
     calls = []
     for block in _TOOL_CALL_BLOCK.findall(_THINK.sub("", output)):
         calls += _toolrl_calls(block, out_field, ctx)
+    _check_declared([c["name"] for c in calls], tools, out_field, ctx)
     _relax_required(tools, calls)
     return [Sample(id=_base_id(record, ctx), tools=tools, messages=messages, truth=calls_to_truth(calls),
                    source=ctx.stem)]
@@ -520,6 +572,17 @@ def read_sample_row(record: dict, ctx: _Ctx) -> list[Sample]:
     for key, value in (("tools", sample.tools), ("messages", sample.messages), ("truth", sample.truth)):
         if not isinstance(value, list):
             raise ctx.error(f"expected a list, got {type(value).__name__}", key)
+    # our rows are already normalised, so only the shapes every later stage relies on are checked
+    for i, tool in enumerate(sample.tools):
+        if not (isinstance(tool, dict) and isinstance(tool.get("name"), str) and isinstance(tool.get("parameters"), dict)):
+            raise ctx.error("a tool must be an object with a string 'name' and an object 'parameters'", f"tools[{i}]")
+    for i, msg in enumerate(sample.messages):
+        if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)):
+            raise ctx.error("a message needs a string 'role'", f"messages[{i}]")
+    for i, entry in enumerate(sample.truth):
+        if not (isinstance(entry, dict) and len(entry) == 1 and isinstance(next(iter(entry.values())), dict)):
+            raise ctx.error("truth entries are {function: {param: [acceptable values]}}", f"truth[{i}]")
+    _check_declared([next(iter(t)) for t in sample.truth], sample.tools, "truth", ctx)
     return [sample]
 
 
@@ -579,27 +642,57 @@ def _load_records(path: Path) -> list[dict | _BadRecord]:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"not valid JSON: {err}", path=str(path)) from None
+            # records after the break cannot be found again, so this is a file error even under on_error=skip
+            raise DataError(f"not valid JSON: {err}{_where_array_breaks(text)}", path=str(path)) from None
+        except RecursionError:
+            raise DataError("not readable: JSON nested too deeply", path=str(path)) from None
         return [r if isinstance(r, dict) else _BadRecord(f"record is a {type(r).__name__}, not an object")
                 for r in value]
+    whole_error: json.JSONDecodeError | None = None
     try:  # one JSON object holding the whole file
         value = json.loads(text)
         if isinstance(value, dict):
             lists = [v for v in value.values() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
             return lists[0] if detect_format(value) is None and len(lists) == 1 else [value]
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as err:
+        whole_error = err
+    except RecursionError:
         pass
     records: list[dict | _BadRecord] = []  # JSON Lines (BFCL's .json files are JSON Lines too)
-    for line in text.splitlines():
+    # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, ... which JSON allows raw inside strings
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            records.append(_BadRecord(f"line is not valid JSON: {err}"))
+            records.append(_BadRecord(f"line is not valid JSON: {err.msg} at file line {lineno} column {err.colno}"))
+            continue
+        except RecursionError:
+            records.append(_BadRecord(f"line is not readable: JSON nested too deeply at file line {lineno}"))
             continue
         records.append(row if isinstance(row, dict) else _BadRecord(f"record is a {type(row).__name__}"))
+    if whole_error is not None and len(records) > 1 and all(isinstance(r, _BadRecord) for r in records):
+        # not JSON Lines after all: one (pretty-printed) JSON document that does not parse, e.g. a truncated one
+        raise DataError(f"not valid JSON (nor JSON Lines): {whole_error}", path=str(path))
     return records
+
+
+def _where_array_breaks(text: str) -> str:
+    """For a JSON array that does not parse: which record it breaks in (the ones before it are intact)."""
+    decoder, pos, index = json.JSONDecoder(), text.index("[") + 1, 0
+    try:
+        while True:
+            while pos < len(text) and text[pos] in " \t\r\n,":
+                pos += 1
+            if pos >= len(text) or text[pos] == "]":
+                return ""
+            _, pos = decoder.raw_decode(text, pos)
+            index += 1
+    except (json.JSONDecodeError, RecursionError):
+        before = f"records 0-{index - 1} parse" if index else "no record parses"
+        return f" (in record {index}; {before}; a broken JSON array cannot be skipped record by record, " \
+               f"JSON Lines can)"
 
 
 def _bfcl_context(path: Path) -> tuple[dict[str, Any] | None, str]:
@@ -622,9 +715,12 @@ def _bfcl_context(path: Path) -> tuple[dict[str, Any] | None, str]:
     return answers, category
 
 
-def read_samples_file(path: str | Path, format: str = "auto", on_error: str = "raise", limit: int = 0) -> ReadResult:
+def read_samples_file(path: str | Path, format: str = "auto", on_error: str = "raise", limit: int = 0,
+                      require_declared: bool = False) -> ReadResult:
     """Read every sample in `path`. format="auto" detects it from the first records; on_error is "raise" (DataError
-    naming file, record index and field) or "skip" (skip, count in ReadResult.skipped, log); limit caps records."""
+    naming file, record index and field) or "skip" (skip, count in ReadResult.skipped, log); limit caps records.
+    require_declared: a truth call naming a function that is not among the record's tools is a bad record (the
+    training pool asks for it; benchmark files are read as they are: BFCL's simple_363 is such a record)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if format != "auto" and format not in RECORD_READERS:
@@ -648,7 +744,7 @@ def read_samples_file(path: str | Path, format: str = "auto", on_error: str = "r
             raise DataError(f"cannot tell the format from the records (keys {keys}); set pool.format to one of "
                             f"{', '.join(FORMATS)}", path=str(path))
         format = max(set(known), key=known.count)
-    ctx = _Ctx(path=str(path), stem=p.stem if p.is_file() else p.name)
+    ctx = _Ctx(path=str(path), stem=p.stem if p.is_file() else p.name, require_declared=require_declared)
     if format == "bfcl":
         ctx.answers, ctx.category = _bfcl_context(p)
     reader = RECORD_READERS[format]
@@ -662,6 +758,7 @@ def read_samples_file(path: str | Path, format: str = "auto", on_error: str = "r
                 raise ctx.error(record.message)
             samples = reader(record, ctx)
             for s in samples:
+                _check_unicode(s, ctx)
                 if s.id in seen_ids:
                     raise ctx.error(f"duplicate sample id {s.id!r}", "id")
             no_call += not samples

@@ -19,7 +19,7 @@ from toolace_r.data.prompts import NO_CALL_ANSWER, REFINE_INSTRUCTION, chat_mess
 from toolace_r.data.schema import CATEGORIES, Sample
 from toolace_r.errors import DataError
 
-__all__ = ["ReadResult", "read_samples_file", "load_pool", "load_builtin", "load_eval_spec", "pool_texts",
+__all__ = ["ReadResult", "read_samples_file", "load_pool", "load_pool_result", "load_builtin", "load_eval_spec", "pool_texts",
            "BFCL_CATEGORIES"]
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,26 @@ def load_builtin(cfg: BuiltinPoolConfig) -> tuple[list[Sample], list[Sample]]:
 
 def load_pool(pool_cfg: PoolConfig) -> list[Sample]:
     """The training pool: the train part of the built-in pool, or every sample a reader finds in pool_cfg.path.
-    Skipped records (pool.on_error=skip) are counted and logged by the reader."""
+    Skipped records (pool.on_error=skip) are counted and logged by the reader; `load_pool_result` also returns
+    the count."""
+    return load_pool_result(pool_cfg).samples
+
+
+def load_pool_result(pool_cfg: PoolConfig) -> ReadResult:
+    """`load_pool` with the reader's bookkeeping: records read, records skipped (pool.on_error=skip) and why.
+    A truth call to a function the record does not declare is a bad record here (it would teach the model to
+    invent functions), unlike in evaluation files, which are read as published."""
     if pool_cfg.path == "builtin":
         train, _ = load_builtin(pool_cfg.builtin)
-        return train[: pool_cfg.limit] if pool_cfg.limit else train
-    result = read_samples_file(pool_cfg.path, pool_cfg.format, pool_cfg.on_error, limit=pool_cfg.limit)
+        train = train[: pool_cfg.limit] if pool_cfg.limit else train
+        return ReadResult(samples=train, format="builtin", records=len(train))
+    result = read_samples_file(pool_cfg.path, pool_cfg.format, pool_cfg.on_error, limit=pool_cfg.limit,
+                               require_declared=True)
     if not result.samples:
         raise DataError(f"no samples found: {result.records} records ({result.format}), none with a tool call, "
-                        f"{result.skipped} skipped", path=pool_cfg.path)
-    return result.samples
+                        f"{result.skipped} skipped" + (f"; first error: {result.errors[0]}" if result.errors else ""),
+                        path=pool_cfg.path)
+    return result
 
 
 def _group(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
