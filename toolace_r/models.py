@@ -46,9 +46,20 @@ def pick_dtype(dtype: str = "auto", device: torch.device | None = None) -> torch
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def resolve_model_path(path: str) -> str:
+    """A model dir given as an object-store URI (s3://, gs://) is downloaded once per node and loaded from the local
+    copy; `file://` becomes a path; anything else (a local dir or a hub name) is returned unchanged."""
+    from toolace_r import storage
+
+    if storage.scheme(path):
+        return storage.localize(path)
+    return path
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    path = resolve_model_path(path)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     tok.padding_side = "left"  # decoder-only batched generation pads on the left
     if tok.pad_token is None:
@@ -60,6 +71,7 @@ def load_model(path: str, dtype: str = "auto", device: str | torch.device | None
     """(model, tokenizer) from a local HF dir or a hub name, in eval mode on `device` (default: GPU if present)."""
     from transformers import AutoModelForCausalLM
 
+    path = resolve_model_path(path)
     device = torch.device(device) if device is not None else pick_device()
     torch_dtype = pick_dtype(dtype, device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
