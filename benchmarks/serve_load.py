@@ -78,6 +78,14 @@ def level(client, n_requests: int, concurrency: int, max_rounds: int) -> dict:
             "rounds": [r[1] for r in results]}
 
 
+def model_calls(port: int, batching: bool) -> int:
+    """Batches the (single) replica of a variant has run so far, from its /health route."""
+    import requests
+
+    name = "batching" if batching else "no_batching"
+    return requests.get(f"http://127.0.0.1:{port}/{name}/health", timeout=60).json()["batches"]
+
+
 def merge(parts: list[dict]) -> dict:
     """Alternating runs of one variant → requests/s over their summed wall time, latency percentiles over all."""
     lat = sorted(x for p in parts for x in p["latencies"])
@@ -127,6 +135,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests per level (≤ 3 min)")
     parser.add_argument("--model", help="model dir to serve (default: the tiny memorising test model)")
     parser.add_argument("--max-rounds", type=int, default=3, help="max_refine_rounds sent with every request")
+    parser.add_argument("--batch-wait", type=float, default=None,
+                        help="serve.batch_wait_timeout_s for the batching variant (default: the config's)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
     args = parser.parse_args()
 
@@ -152,6 +162,8 @@ def main() -> None:
         overrides = [f"serve.model={model_dir}", f"serve.batching={str(batching).lower()}", "serve.num_cpus=1",
                      "serve.min_replicas=1", "serve.max_replicas=1", "serve.max_ongoing_requests=32",
                      "serve.max_batch_size=16"]
+        if batching and args.batch_wait is not None:
+            overrides.append(f"serve.batch_wait_timeout_s={args.batch_wait}")
         serve.run(build_application(load_config(None, overrides)), name=name, route_prefix=f"/{name}",
                   blocking=False)
         clients[batching] = OpenAI(base_url=f"http://127.0.0.1:{port}/{name}/v1", api_key="-", max_retries=0,
@@ -163,14 +175,19 @@ def main() -> None:
         for c in CONCURRENCY:
             n = (4 * c + 8) if args.quick else max(32, 8 * c)
             parts: dict[bool, list[dict]] = {True: [], False: []}
+            batches = {True: 0, False: 0}
             for _ in range(repeats):
                 for batching in (True, False):
+                    before = model_calls(port, batching)
                     parts[batching].append(level(clients[batching], n // repeats, c, args.max_rounds))
+                    batches[batching] += model_calls(port, batching) - before
             for batching in (True, False):
                 row = {"batching": batching, **merge(parts[batching])}
+                row["mean_batch_size"] = row["requests"] / max(1, batches[batching])
                 rows.append(row)
                 print(f"batching={batching!s:5} c={c:2d}: {row['requests_per_s']:6.2f} req/s  "
-                      f"p50 {row['p50_ms']:7.0f} ms  p99 {row['p99_ms']:7.0f} ms  rounds {row['mean_rounds']:.2f}",
+                      f"p50 {row['p50_ms']:7.0f} ms  p99 {row['p99_ms']:7.0f} ms  rounds {row['mean_rounds']:.2f}  "
+                      f"batch {row['mean_batch_size']:.1f}",
                       flush=True)
     finally:
         serve.shutdown()
@@ -187,11 +204,12 @@ def main() -> None:
         "mean_rounds": statistics.fmean(r["mean_rounds"] for r in rows),
         "engine_batch16_speedup": engine["speedup"],
     }
-    print("\n| batching | concurrency | requests | req/s | p50 ms | p99 ms | mean rounds |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| batching | concurrency | requests | req/s | p50 ms | p99 ms | mean rounds | mean batch |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {'on' if r['batching'] else 'off'} | {r['concurrency']} | {r['requests']} | "
-              f"{r['requests_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_rounds']:.2f} |")
+              f"{r['requests_per_s']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_rounds']:.2f} | "
+              f"{r['mean_batch_size']:.1f} |")
     print(f"\nbatching_speedup at concurrency 16: {headline['batching_speedup']:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
