@@ -13,6 +13,8 @@ What a user gets for each fault:
 """
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import re
@@ -259,6 +261,68 @@ def test_bad_record_is_named_or_skipped(tmp_path, fmt, fault, mutate, field):
     assert result.skipped == 1 and len(result.errors) == 1 and "record 1" in result.errors[0]
     # the other samples are exactly what the two good records give on their own
     assert rows(result) == rows(read_samples_file(clean, format=fmt)) and len(result.samples) == 2
+
+
+WRONG_VALUES = [None, 5, 1.5, True, "text", "", [], {}, [1], {"a": 1}, ["x"], [{}], [None]]
+
+
+def _paths(value, path=()):
+    """Every key/index path inside a JSON value (not the root)."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return
+    for key, child in items:
+        yield path + (key,)
+        yield from _paths(child, path + (key,))
+
+
+def _replaced(value, path, new):
+    value = copy.deepcopy(value)
+    target = value
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = new
+    return value
+
+
+def _wrong_type_variants(record: dict) -> list[dict]:
+    """The record with each field, and each field inside its JSON-string fields, replaced by each wrong value."""
+    out = [_replaced(record, p, w) for p in _paths(record) for w in WRONG_VALUES]
+    for p in _paths(record):
+        text = functools.reduce(lambda v, k: v[k], p, record)
+        try:
+            inner = json.loads(text) if isinstance(text, str) else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(inner, (dict, list)):
+            out += [_replaced(record, p, json.dumps(_replaced(inner, q, w))) for q in _paths(inner) for w in WRONG_VALUES]
+    return out
+
+
+def toolrl_prompt_form(i: int, city: str = "Paris") -> dict:
+    rec = toolrl(i, city)
+    return {"id": rec["id"], "prompt": [{"role": "system", "content": rec["instruction"]},
+                                        {"role": "user", "content": rec["input"]}],
+            "reward_model": {"ground_truth": rec["output"]}}
+
+
+@pytest.mark.parametrize("fmt,build", [*GOOD.items(), ("toolrl", toolrl_prompt_form)],
+                         ids=[*GOOD, "toolrl_prompt"])
+def test_every_field_with_every_wrong_type(tmp_path, fmt, build):
+    """Each field (and each field inside JSON-string fields) of a valid record replaced by None, numbers, booleans,
+    strings, lists and objects: the reader either reads the record or skips it with a DataError naming the record,
+    never crashes with another exception (which on_error=skip could not catch), and what it reads can be used."""
+    variants = _wrong_type_variants(build(0))
+    path = write_records(tmp_path, fmt, variants)
+    result = read_samples_file(path, format=fmt, on_error="skip", require_declared=True)
+    assert result.records == len(variants) and result.skipped > len(variants) // 3
+    assert result.skipped == len(result.errors) == len({e.split(":")[0].split(", field")[0] for e in result.errors})
+    for sample in result.samples:  # what was read is usable downstream: the reference answer and a parquet row
+        sample.gold_calls()
+    pa.Table.from_pylist(rows(result))
 
 
 def test_bfcl_answer_naming_an_undeclared_function(tmp_path):

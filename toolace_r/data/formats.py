@@ -438,6 +438,7 @@ def read_bfcl_record(record: dict, ctx: _Ctx) -> list[Sample]:
         truth = ctx.answers[rid]
         if not isinstance(truth, list) or not all(isinstance(t, dict) and len(t) == 1 for t in truth):
             raise ctx.error("ground_truth must be a list of {function: {param: [values]}}", "ground_truth")
+        _check_truth(truth, tools, "ground_truth", ctx)
         _check_declared([next(iter(t)) for t in truth], tools, "ground_truth", ctx)
     category = ctx.category if ctx.category in CATEGORIES else ""
     return [Sample(id=rid, tools=tools, messages=messages, truth=truth, category=category,
@@ -517,6 +518,9 @@ def _toolrl_calls(block: str, where: str, ctx: _Ctx) -> list[dict[str, Any]]:
 def read_toolrl(record: dict, ctx: _Ctx) -> list[Sample]:
     if "prompt" in record:  # rlla_4k form: chat prompt + reward_model.ground_truth
         prompt = _require(record, "prompt", list, ctx)
+        for i, m in enumerate(prompt):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content", ""), str)):
+                raise ctx.error("a prompt message needs a string 'role' and 'content'", f"prompt[{i}]")
         system = next((m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "system"), "")
         dialogue = "\n".join(m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user")
         reward = _require(record, "reward_model", dict, ctx)
@@ -525,6 +529,8 @@ def read_toolrl(record: dict, ctx: _Ctx) -> list[Sample]:
     else:
         system, sys_field = _require(record, "instruction", str, ctx), "instruction"
         dialogue = record.get("input", "") or ""
+        if not isinstance(dialogue, str):
+            raise ctx.error(f"expected str, got {type(dialogue).__name__}", "input")
         output, out_field = record.get("output"), "output"
     if not isinstance(output, str):
         raise ctx.error("missing or not a string", out_field)
@@ -572,18 +578,31 @@ def read_sample_row(record: dict, ctx: _Ctx) -> list[Sample]:
     for key, value in (("tools", sample.tools), ("messages", sample.messages), ("truth", sample.truth)):
         if not isinstance(value, list):
             raise ctx.error(f"expected a list, got {type(value).__name__}", key)
-    # our rows are already normalised, so only the shapes every later stage relies on are checked
+    # our rows are kept as written (already normalised); only what every later stage relies on is checked
     for i, tool in enumerate(sample.tools):
-        if not (isinstance(tool, dict) and isinstance(tool.get("name"), str) and isinstance(tool.get("parameters"), dict)):
-            raise ctx.error("a tool must be an object with a string 'name' and an object 'parameters'", f"tools[{i}]")
+        normalize_tool(tool, f"tools[{i}]", ctx)  # raises DataError naming the part of the schema that is wrong
     for i, msg in enumerate(sample.messages):
         if not (isinstance(msg, dict) and isinstance(msg.get("role"), str)):
             raise ctx.error("a message needs a string 'role'", f"messages[{i}]")
-    for i, entry in enumerate(sample.truth):
-        if not (isinstance(entry, dict) and len(entry) == 1 and isinstance(next(iter(entry.values())), dict)):
-            raise ctx.error("truth entries are {function: {param: [acceptable values]}}", f"truth[{i}]")
+    _check_truth(sample.truth, sample.tools, "truth", ctx)
     _check_declared([next(iter(t)) for t in sample.truth], sample.tools, "truth", ctx)
     return [sample]
+
+
+def _check_truth(truth: list, tools: list[dict[str, Any]], where: str, ctx: _Ctx) -> None:
+    """Truth read as written (possible_answer/, our own rows) feeds the checker and the training target: check its
+    shape, and that the reference answer can be built from it with the record's tools."""
+    for i, entry in enumerate(truth):
+        params = next(iter(entry.values())) if isinstance(entry, dict) and len(entry) == 1 else None
+        if not isinstance(params, dict) or not all(isinstance(v, list) for v in params.values()):
+            raise ctx.error("truth entries are {function: {param: [acceptable values]}}", f"{where}[{i}]")
+    from toolace_r.calls.checker import gold_calls  # lazy, as in schema.py: calls does not import data
+
+    try:
+        gold_calls(truth, tools)
+    except (TypeError, AttributeError, KeyError, ValueError) as err:
+        raise ctx.error(f"no reference answer can be built from this truth with the record's tools "
+                        f"({type(err).__name__}: {err})", "tools") from None
 
 
 RECORD_READERS: dict[str, Callable[[dict, _Ctx], list[Sample]]] = {
