@@ -112,6 +112,32 @@ def test_wrong_types_name_the_field(fields, param):
     assert api.status == 400 and api.param == param, api.message
 
 
+def test_responses_follow_tool_choice_and_report_rounds():
+    from toolace_r.serve import Job, Outcome, completion_response
+
+    job = Job([], PARIS, 3, 64, 0.0, prompt_tokens=40)
+    two = [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_time", "arguments": {"city": "Rome"}}]
+    out = Outcome('[get_weather(city="Oslo"), get_time(city="Rome")]', two, rounds=2, completion_tokens=30)
+    resp = completion_response(out, job, "auto", None, "toolace-r", None)
+    calls = resp["choices"][0]["message"]["tool_calls"]
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [{"city": "Oslo"}, {"city": "Rome"}]
+    assert resp["choices"][0]["finish_reason"] == "tool_calls" and resp["toolace_r"]["refinement_rounds"] == 2
+    assert resp["usage"] == {"prompt_tokens": 40, "completion_tokens": 30, "total_tokens": 70}
+    assert len(completion_response(out, job, "auto", None, "toolace-r", False)["choices"][0]["message"]["tool_calls"]) == 1
+    named = completion_response(out, job, "named", "get_time", "toolace-r", None)["choices"][0]["message"]
+    assert [c["function"]["name"] for c in named["tool_calls"]] == ["get_time"]
+    none = completion_response(out, job, "none", None, "toolace-r", None)["choices"][0]
+    assert none["message"] == {"role": "assistant", "content": out.answer} and none["finish_reason"] == "stop"
+    prose = Outcome(NO_CALL_ANSWER, [], rounds=2, completion_tokens=20)
+    with pytest.raises(ApiError) as err:
+        completion_response(prose, job, "required", None, "toolace-r", None)
+    assert err.value.status == 422 and err.value.code == "tool_choice_unsatisfied"
+    broken = Outcome("[get_weather(city=", None, rounds=3, completion_tokens=64, parse_error="unclosed call")
+    resp = completion_response(broken, job, "auto", None, "toolace-r", None)
+    assert resp["choices"][0]["message"]["content"] == "[get_weather(city=" and resp["choices"][0]["finish_reason"] == "length"
+    assert resp["toolace_r"]["parse_error"] == "unclosed call"
+
+
 def test_deployment_options_come_from_the_serve_section():
     cfg = ServeConfig(model="m", min_replicas=1, max_replicas=3, target_ongoing_requests=2, num_cpus=2, num_gpus=1)
     opts = deployment_options(cfg)

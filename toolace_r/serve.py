@@ -24,7 +24,9 @@ Decisions where the OpenAI API leaves room (all visible in the response or docum
     `tool_calls`. `"required"` or a named function: when the final answer holds no (matching) call, the reply is a 422
     error (code `tool_choice_unsatisfied`) carrying the model's answer, instead of silently breaking the contract.
     A named function also restricts the tools the model sees to that one.
-  - `max_tokens` above `serve.max_new_tokens` is clamped to it; `stream: true` and `n > 1` are refused with 400.
+  - `max_tokens` (per refinement round) above `serve.max_new_tokens` is clamped to it; `stream: true` and `n > 1` are
+    refused with 400; `parallel_tool_calls: false` keeps the first call; `top_p` and `seed` are accepted and ignored.
+  - `usage.prompt_tokens` counts the round-1 prompt; `completion_tokens` every token generated over all rounds.
   - Extension fields: request `max_refine_rounds` (openai client: `extra_body={"max_refine_rounds": 1}`; 1 = a single
     pass, no refinement); response `choices[0].refinement = {"rounds": n}` and top-level `toolace_r` with the rounds,
     the cap used and, when the answer was a malformed call, the parse error.
@@ -481,7 +483,8 @@ def completion_response(out: Outcome, job: Job, mode: str, name: str | None, mod
         finish = "tool_calls"
     else:
         message = {"role": "assistant", "content": out.answer}
-        finish = "length" if out.completion_tokens >= job.max_new_tokens * out.rounds and out.calls is None else "stop"
+        # a malformed call that used its whole token budget was most likely cut off
+        finish = "length" if out.parse_error and out.completion_tokens >= job.max_new_tokens else "stop"
     extension: dict[str, Any] = {"refinement_rounds": out.rounds, "max_refine_rounds": job.max_rounds}
     if out.parse_error:
         extension["parse_error"] = out.parse_error
