@@ -49,6 +49,9 @@ class BuiltinPoolConfig:
     n_train: int = 4000
     n_heldout: int = 200
     seed: int = 0
+    # share of each category (normalised); single calls are easy for a tiny model, parallel and irrelevance hard
+    mix: dict[str, float] = field(default_factory=lambda: {
+        "simple": 0.2, "multiple": 0.35, "parallel": 0.15, "parallel_multiple": 0.15, "irrelevance": 0.15})
 
 
 @dataclass

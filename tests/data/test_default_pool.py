@@ -178,3 +178,18 @@ def test_compact_prompts_stay_short(pool, tiny_model_dir):
     mean = sum(lengths) / len(lengths)
     # the session tiny model has a 512-token vocabulary (longer encodings than the demo's 2048), hence the margin
     assert 100 < mean < 600, mean
+
+
+def test_mix_is_configurable():
+    from toolace_r.config import load_config
+    from toolace_r.errors import ConfigError
+
+    cfg = load_config(None, ["pool.builtin.n_train=600", "pool.builtin.mix.irrelevance=0",
+                             "pool.builtin.mix.parallel=1.0"])
+    train, heldout = load_builtin(cfg.pool.builtin)
+    counts = collections.Counter(s.category for s in train + heldout)
+    assert counts["irrelevance"] == 0 and counts["parallel"] == max(counts.values())
+    with pytest.raises(ConfigError, match=r"pool.builtin.mix.*unknown \['live'\]"):
+        generate_pool(10, 10, mix={"live": 1.0})
+    with pytest.raises(ConfigError, match="pool.builtin.mix"):
+        generate_pool(10, 10, mix={"simple": 0.0})

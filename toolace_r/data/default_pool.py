@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from toolace_r.data.schema import Sample, _acceptable
+from toolace_r.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------------
 # Value pools for slots
@@ -445,8 +446,8 @@ TOOLS: list[Tool] = [
 ]
 TOOLS_BY_NAME = {t.name: t for t in TOOLS}
 
-# Category mix. Single calls are easy for a tiny model, parallel calls and no-call cases are hard (STACK.md),
-# which is where model-aware selection has something to do.
+# Default category mix (config: pool.builtin.mix). Single calls are easy for a tiny model, parallel calls and
+# no-call cases are hard (STACK.md), which is where model-aware selection has something to do.
 CATEGORY_WEIGHTS = {"simple": 0.2, "multiple": 0.35, "parallel": 0.15, "parallel_multiple": 0.15, "irrelevance": 0.15}
 CONNECTIVES = ["Also, ", "And ", "Then ", "Plus, ", "After that, "]
 ORDINALS = ["First", "Second", "Third", "Fourth"]
@@ -590,9 +591,10 @@ def _make(rng: random.Random, category: str) -> tuple[list[Tool], list[_Call], l
     return offered, calls, calls, _join(rng, [c.text for c in calls])
 
 
-def _generate(rng: random.Random, n: int, split: str, banned: set[tuple], seen: set[tuple]) -> tuple[list[Sample], set]:
-    categories = list(CATEGORY_WEIGHTS)
-    weights = list(CATEGORY_WEIGHTS.values())
+def _generate(rng: random.Random, n: int, split: str, banned: set[tuple], seen: set[tuple],
+              mix: dict[str, float]) -> tuple[list[Sample], set]:
+    categories = [c for c in mix if mix[c] > 0]
+    weights = [mix[c] for c in categories]
     schemas = {t.name: t.schema() for t in TOOLS}
     samples: list[Sample] = []
     keys: set[tuple] = set()
@@ -620,10 +622,17 @@ def _generate(rng: random.Random, n: int, split: str, banned: set[tuple], seen: 
     return samples, keys
 
 
-def generate_pool(n_train: int, n_heldout: int, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def generate_pool(n_train: int, n_heldout: int, seed: int = 0,
+                  mix: dict[str, float] | None = None) -> tuple[list[Sample], list[Sample]]:
     """(train, heldout): deterministic for a seed; heldout does not depend on n_train; no train call repeats a
-    held-out (tool, template, arguments) combination and no request text is repeated with the same tools."""
+    held-out (tool, template, arguments) combination and no request text is repeated with the same tools.
+    `mix` weighs the categories (default CATEGORY_WEIGHTS)."""
+    mix = dict(CATEGORY_WEIGHTS if mix is None else mix)
+    unknown = sorted(set(mix) - set(CATEGORY_WEIGHTS))
+    if unknown or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise ConfigError(f"pool.builtin.mix = {mix}: expected non-negative weights, not all zero, for categories "
+                          f"among {list(CATEGORY_WEIGHTS)}" + (f"; unknown {unknown}" if unknown else ""))
     seen: set[tuple] = set()
-    heldout, held_keys = _generate(random.Random(f"heldout-{seed}"), n_heldout, "heldout", set(), seen)
-    train, _ = _generate(random.Random(f"train-{seed}"), n_train, "train", held_keys, seen)
+    heldout, held_keys = _generate(random.Random(f"heldout-{seed}"), n_heldout, "heldout", set(), seen, mix)
+    train, _ = _generate(random.Random(f"train-{seed}"), n_train, "train", held_keys, seen, mix)
     return train, heldout
