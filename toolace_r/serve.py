@@ -20,6 +20,7 @@ Two ways to start it, one source of defaults (`ServeConfig` in toolace_r/config.
 
 Decisions where the OpenAI API leaves room (all visible in the response or documented here):
   - `temperature` defaults to 0 (greedy): refinement stops when two rounds agree, which is what greedy decoding gives.
+    Temperatures below MIN_SAMPLING_TEMPERATURE (1e-3) also decode greedily.
   - `tool_choice: "none"`: the model is prompted without the tools and its text comes back as `content`, never as
     `tool_calls`. `"required"` or a named function: when the final answer holds no (matching) call, the reply is a 422
     error (code `tool_choice_unsatisfied`) carrying the model's answer, instead of silently breaking the contract.
@@ -60,6 +61,9 @@ from toolace_r.errors import CallParseError, ConfigError
 log = logging.getLogger(__name__)
 
 MAX_REFINE_ROUNDS_LIMIT = 16  # a request may ask for fewer or more rounds than the default, never more than this
+# Temperatures in (0, this) decode greedily: the sampling distribution is already the argmax there, and dividing the
+# logits by e.g. 1e-86 overflows to inf/nan inside sampling (found by tests/test_serve_fuzz.py: a 500 before).
+MIN_SAMPLING_TEMPERATURE = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -150,6 +154,61 @@ class ChatCompletionRequest(_Model):
     seed: int | None = None
     # extension: cap on adaptive refinement rounds for this request (1 = one pass, no refinement)
     max_refine_rounds: int | None = Field(default=None, ge=1, le=MAX_REFINE_ROUNDS_LIMIT)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI error object every 4xx/5xx carries (declared in the OpenAPI spec so clients and fuzzers can check
+    error bodies too)."""
+    error: ErrorDetail
+
+
+class ResponseFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: ResponseFunction
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: ResponseMessage
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    logprobs: None = None
+    refinement: dict[str, int]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionResponse(BaseModel):
+    """What `completion_response` returns (documentation for /openapi.json; the handler builds the dict itself)."""
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    toolace_r: dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -425,9 +484,15 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
     if not raw.strip():
         raise ApiError(400, "request body is empty; expected a JSON object", code="invalid_json")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, f"request body is not valid JSON: {err}", code="invalid_json") from None
+    try:  # JSON may escape a lone UTF-16 surrogate ("\ud800"); tokenizers cannot encode it (was a 500)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "request body holds a lone UTF-16 surrogate escape (e.g. \\ud800) in a string; "
+                            "send valid Unicode text", code="invalid_json") from None
+    return body
 
 
 def build_job(req: ChatCompletionRequest, cfg: ServeConfig, engine: Engine) -> tuple[Job, str, str | None]:
@@ -460,7 +525,9 @@ def build_job(req: ChatCompletionRequest, cfg: ServeConfig, engine: Engine) -> t
                             f"model's context of {engine.context_limit} tokens", param="messages",
                        code="context_length_exceeded")
     rounds = req.max_refine_rounds or cfg.max_rounds
-    job = Job(tools, messages, rounds, max_new, float(req.temperature or 0.0), prompt_tokens)
+    temperature = float(req.temperature or 0.0)
+    job = Job(tools, messages, rounds, max_new, temperature if temperature >= MIN_SAMPLING_TEMPERATURE else 0.0,
+              prompt_tokens)
     return job, mode, name
 
 
@@ -504,7 +571,35 @@ def completion_response(out: Outcome, job: Job, mode: str, name: str | None, mod
 # ---------------------------------------------------------------------------------------------------------------------
 # The Ray Serve deployment
 # ---------------------------------------------------------------------------------------------------------------------
-api = FastAPI(title="toolace-r", description="OpenAI-compatible tool calling with adaptive self-refinement")
+class _Api(FastAPI):
+    """FastAPI whose /openapi.json also describes the chat request body: the handler reads and validates the body by
+    hand (size limit first, then strict pydantic), so FastAPI cannot see the model; we add it to the spec here."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema:
+            return self.openapi_schema
+        schema = super().openapi()
+        body = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in {**body.pop("$defs", {}), "ChatCompletionRequest": body}.items():
+            if components.get(name, definition) != definition:
+                raise RuntimeError(f"OpenAPI component {name!r} is defined twice with different schemas")
+            components[name] = definition
+        self.openapi_schema = schema
+        return schema
+
+
+api = _Api(title="toolace-r", description="OpenAI-compatible tool calling with adaptive self-refinement")
+
+_ERROR_STATUSES = {400: "invalid request (JSON, types, values, unsupported options, context length)",
+                   401: "missing or invalid API key", 404: "unknown model", 413: "request body too large",
+                   422: "tool_choice could not be satisfied by the model's answer", 500: "the model failed"}
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ChatCompletionResponse},
+    **{code: {"model": ErrorResponse, "description": why} for code, why in _ERROR_STATUSES.items()},
+}
+CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}}
 
 
 @api.exception_handler(ApiError)
@@ -566,13 +661,13 @@ class ToolaceServer:
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.cfg.model_name, "batches": self.engine.batches}
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses={401: {"model": ErrorResponse, "description": _ERROR_STATUSES[401]}})
     async def models(self, request: Request) -> dict[str, Any]:
         check_auth(request, self.key_sha256)
         return {"object": "list", "data": [{"id": self.cfg.model_name, "object": "model", "created": 0,
                                             "owned_by": "toolace-r"}]}
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", responses=CHAT_RESPONSES, openapi_extra=CHAT_BODY)
     async def chat_completions(self, request: Request) -> JSONResponse:
         check_auth(request, self.key_sha256)
         body = await read_json_body(request, self.cfg.max_body_bytes)
