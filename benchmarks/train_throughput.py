@@ -122,7 +122,9 @@ def main() -> int:
     shape = TinyModelConfig()  # the demo's model: hidden 128, 4 layers, vocab 2048 (~1 M params)
     model_dir = str(build_tiny_model(work / "model", pool_texts(samples, "compact"), shape, "compact"))
 
-    print(f"{len(rows)} rows, {steps} steps, 2-core CPU; bare loop (1 process × 2 threads) ...", flush=True)
+    print(f"{len(rows)} rows, {steps} steps × {micro} tokens/micro-batch/worker, 2-core CPU", flush=True)
+    if not args.cpu_only:
+        print("bare loop, 1 process × 2 threads ...", flush=True)
     load_before = os.getloadavg()[0]
     bare_before = None if args.cpu_only else bare_loop(cfg, model_dir, rows, threads=2, workers=workers)
     print("bare loop, 1 process × 1 thread ...", flush=True)
@@ -132,7 +134,8 @@ def main() -> int:
     ours = train(cfg, model_dir, rows, str(work / "ray"))
     ours_losses = [json.loads(x)["loss"] for x in (work / "ray" / "metrics.jsonl").read_text().splitlines()]
     ray.shutdown()
-    print("bare loop again ...", flush=True)
+    if not args.cpu_only:
+        print("bare loop, 1 process × 2 threads, again ...", flush=True)
     bare_after = None if args.cpu_only else bare_loop(cfg, model_dir, rows, threads=2, workers=workers)
     bare_runs = [r for r in (bare_before, bare_after) if r] or [bare_1thread]
     bare_tps = sum(r["tokens_per_s"] for r in bare_runs) / len(bare_runs)
