@@ -204,14 +204,22 @@ def batch_stats(examples: list[dict]) -> tuple[int, int, int]:
     return real, width * len(examples) - real, target
 
 
-def build_schedule(n_rows: int, lengths: list[int], tcfg: TrainConfig, agree_min=lambda n: n) -> tuple[list[list[int]], int]:
+def build_schedule(n_rows: int, lengths: list[int], tcfg: TrainConfig, agree_min=lambda n: n,
+                   world: int = 1) -> tuple[list[list[int]], int]:
     """The whole run's micro-batches (concatenated epochs) and its number of optimizer steps.
 
     `agree_min(n)` returns the minimum of n over all workers (an all-reduce in training, identity alone): every
     worker keeps the same number of micro-batches per epoch, a multiple of grad_accum. A fractional `epochs` runs
     the last epoch partly; `max_steps` caps the total.
+
+    `max_tokens` > 0 replaces `epochs` by a token budget (equal-budget ablations): epochs are cycled, as many as
+    needed, and the run stops after the first step at which the tokens processed (prompt + target, the
+    `train_tokens` figure; this worker's count × `world`, the workers holding near-equal shards) reach the budget;
+    every worker takes the largest of those step counts.
     """
     ga = max(1, tcfg.grad_accum)
+    if tcfg.max_tokens > 0:
+        return _token_budget_schedule(lengths, tcfg, agree_min, world)
     schedule: list[list[int]] = []
     full_epochs = math.ceil(tcfg.epochs) if tcfg.epochs > 0 else 1
     steps = 0
@@ -227,6 +235,39 @@ def build_schedule(n_rows: int, lengths: list[int], tcfg: TrainConfig, agree_min
         steps = min(steps, tcfg.max_steps)
         schedule = schedule[: steps * ga]
     return schedule, steps
+
+
+def _token_budget_schedule(lengths: list[int], tcfg: TrainConfig, agree_min, world: int) -> tuple[list[list[int]], int]:
+    """build_schedule for train.max_tokens > 0. Collectives (agree_min) are called the same number of times on every
+    worker: each epoch once for its batch count and once for "does any worker still need tokens"."""
+    ga = max(1, tcfg.grad_accum)
+    share = tcfg.max_tokens / max(1, world)
+    schedule: list[list[int]] = []
+    step_tokens: list[int] = []  # this worker's real tokens per optimizer step
+    epoch = 0
+    while True:
+        batches = plan_micro_batches(lengths, tcfg.tokens_per_micro_batch, seed=tcfg.seed * 1000 + epoch)
+        n = (agree_min(len(batches)) // ga) * ga
+        if n == 0:
+            break
+        for s in range(0, n, ga):
+            group = batches[s:s + ga]
+            schedule.extend(group)
+            step_tokens.append(sum(lengths[i] for b in group for i in b))
+        still_short = int(sum(step_tokens) < share)
+        if -agree_min(-still_short) == 0:  # max over workers: stop when nobody is short of its share
+            break
+        epoch += 1
+    total, own_steps = 0, len(step_tokens)
+    for j, t in enumerate(step_tokens):
+        total += t
+        if total >= share:
+            own_steps = j + 1
+            break
+    steps = -agree_min(-own_steps)  # the largest: every worker reaches its share
+    if tcfg.max_steps > 0:
+        steps = min(steps, tcfg.max_steps)
+    return schedule[: steps * ga], steps
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -411,7 +452,7 @@ def _train_worker(config: dict) -> None:
         raise DataError(f"a worker got no usable rows ({int(counts[0])} in all, max_length={tcfg.max_length}): "
                         f"use fewer workers or more data")
     lengths = [len(e["input_ids"]) for e in examples]
-    schedule, total_steps = build_schedule(len(examples), lengths, tcfg, agree_min)
+    schedule, total_steps = build_schedule(len(examples), lengths, tcfg, agree_min, world)
     if total_steps == 0:
         raise DataError(
             f"{int(counts[0])} rows give 0 optimizer steps with {world} workers, grad_accum={tcfg.grad_accum}, "
@@ -465,6 +506,9 @@ def _train_worker(config: dict) -> None:
     say(f"{int(counts[0])} rows on {world} workers, ZeRO-{tcfg.zero_stage}, {'bf16' if bf16 else 'fp32'}, "
         f"{total_steps} steps × {tcfg.grad_accum} micro-batches/worker, lr {tcfg.lr:g}, "
         f"{sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters() if p.requires_grad):,} trainable params")
+
+    if tcfg.warmup_steps >= total_steps:
+        say(f"warning: train.warmup_steps={tcfg.warmup_steps} >= {total_steps} steps: the LR never reaches train.lr")
 
     # --- loop ---------------------------------------------------------------------------------------------------
     ga = max(1, tcfg.grad_accum)
