@@ -139,6 +139,7 @@ class TrainConfig:
     warmup_steps: int = 20
     epochs: float = 1.0
     max_steps: int = 0  # >0 caps the number of optimizer steps
+    max_tokens: int = 0  # >0: train on this many tokens (prompt + target, all workers; epochs cycled) instead of `epochs`
     tokens_per_micro_batch: int = 4096  # per worker; batches are grouped by length
     grad_accum: int = 1
     grad_clip: float = 1.0

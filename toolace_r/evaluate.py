@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 ORACLE = "oracle:gold"  # model path that answers with the ground truth (harness self-check)
 
 OUTPUT_COLUMNS = ("id", "group", "category", "first_answer", "answer", "valid", "refined_valid", "error_type",
-                  "refined_error_type", "reason", "refined_reason", "rounds", "tokens", "forward_passes", "time_s")
+                  "refined_error_type", "reason", "refined_reason", "rounds", "tokens", "forward_passes", "time_s",
+                  "valid_by_round")
 
 
 class EvalActor:
@@ -64,7 +65,8 @@ class EvalActor:
             from toolace_r.data.prompts import render_answer
 
             gold = [render_answer(s.gold_calls()) for s in samples]
-            return [{"first_answer": g, "answer": g, "rounds": 1, "tokens": 0, "forward_passes": 0} for g in gold]
+            return [{"first_answer": g, "answer": g, "answers": [g], "rounds": 1, "tokens": 0, "forward_passes": 0}
+                    for g in gold]
         from toolace_r.refine import RefineItem, adaptive_refine
 
         s = self.settings
@@ -74,8 +76,8 @@ class EvalActor:
             draft_verify=bool(s["draft_verify"]), reuse_prefix=bool(s["reuse_prefix"]),
             temperature=float(s["temperature"]), batch_size=int(s["batch_size"]), seed=int(s["seed"]),
         )
-        return [{"first_answer": r.first_answer, "answer": r.answer, "rounds": r.rounds, "tokens": r.tokens,
-                 "forward_passes": r.forward_passes} for r in results]
+        return [{"first_answer": r.first_answer, "answer": r.answer, "answers": list(r.answers or [r.answer]),
+                 "rounds": r.rounds, "tokens": r.tokens, "forward_passes": r.forward_passes} for r in results]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         rows = _rows_of(batch)
@@ -90,10 +92,20 @@ class EvalActor:
         for row, sample, ans in zip(rows, samples, answers):
             first = self.check(ans["first_answer"], sample.tools, sample.truth, sample.category, decoder)
             final = self.check(ans["answer"], sample.tools, sample.truth, sample.category, decoder)
+            # valid_by_round[r-1]: correct had refinement been capped at r rounds (greedy refinement up to r is the
+            # same computation; an item that stopped earlier keeps its last answer).
+            verdicts = {ans["first_answer"]: first.valid, ans["answer"]: final.valid}
+            chain = ans.pop("answers")
+            by_round = []
+            for r in range(1, int(self.settings["max_rounds"]) + 1):
+                text = chain[min(r, len(chain)) - 1]
+                if text not in verdicts:
+                    verdicts[text] = self.check(text, sample.tools, sample.truth, sample.category, decoder).valid
+                by_round.append(bool(verdicts[text]))
             values = dict(ans, id=sample.id, group=row["group"], category=sample.category, valid=bool(first.valid),
                           refined_valid=bool(final.valid), error_type=first.error_type,
                           refined_error_type=final.error_type, reason=first.reason, refined_reason=final.reason,
-                          time_s=share)
+                          time_s=share, valid_by_round=by_round)
             for c in OUTPUT_COLUMNS:
                 out[c].append(values[c])
         return out
@@ -150,6 +162,9 @@ def summarize(outputs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "forward_passes": int(sum(r["forward_passes"] for r in rows)),
             "time_s": round(sum(r["time_s"] for r in rows), 3),
             "changed_by_refinement": sum(r["first_answer"] != r["answer"] for r in rows),
+            # accuracy with refinement capped at r = 1..max_rounds rounds ([0] = accuracy, [-1] = refined_accuracy)
+            "accuracy_by_rounds": [sum(r["valid_by_round"][j] for r in rows) / n
+                                   for j in range(min(len(r.get("valid_by_round") or ()) for r in rows))],
             "errors": dict(errors.most_common(5)),
         }
 
@@ -228,8 +243,8 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str) -> di
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars from Ray Data rows → plain Python (for JSON)."""
-    return value.item() if hasattr(value, "item") else value
+    """numpy scalars and arrays from Ray Data rows → plain Python (for JSON)."""
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 def eval_command(args: Any, cfg: Config) -> int:
