@@ -187,12 +187,13 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "refine_cost.json"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--train-s", type=float, default=0, help="training budget in seconds (default 75 quick, 300 full)")
-    ap.add_argument("--items", type=int, default=0, help="held-out items (default 64 quick, 200 full)")
+    ap.add_argument("--items", type=int, default=0, help="held-out items (default 32 quick, 200 full)")
     ap.add_argument("--repeats", type=int, default=0, help="timing repeats per mode, min taken (default 1 quick, 3 full)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", choices=["small", "base"], default="small",
                     help="tiny model to train: small (hidden 64, 2 layers) or base (hidden 128, 4 layers)")
-    ap.add_argument("--model", help="measure this model dir instead of training one (prompt style compact)")
+    ap.add_argument("--model", help="measure this model dir instead of training one (prompt style compact); "
+                    "with --train-s, train it further first")
     ap.add_argument("--save-model", help="save the trained model here (reuse it with --model)")
     args = ap.parse_args()
     if args.threads:
@@ -210,6 +211,10 @@ def main() -> int:
     if args.model:  # an existing model dir (e.g. iter_NNN/model of a `toolace-r run`, or --save-model of a run)
         model, tok = load_model(args.model, dtype="float32", device="cpu")
         training = {"model": args.model}
+        if args.train_s:  # continue training it
+            training.update(train(model, tok, training_rows(train_set, args.seed + 1), args.train_s, args.seed + 1))
+            print(f"  trained {training['steps']} more steps, loss {training['loss_first']:.3f} → "
+                  f"{training['loss_last']:.3f}", flush=True)
     else:
         shape = TinyModelConfig(seed=args.seed) if args.size == "base" else TinyModelConfig(
             hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256, seed=args.seed)
@@ -222,11 +227,11 @@ def main() -> int:
         training = train(model, tok, rows, train_s, args.seed)
         print(f"  {training['steps']} steps, loss {training['loss_first']:.2f} → {training['loss_last']:.3f}, "
               f"{training['tokens_per_s']:.0f} tokens/s", flush=True)
-        if args.save_model:
-            model.save_pretrained(args.save_model)
-            tok.save_pretrained(args.save_model)
-            write_meta(args.save_model, prompt_style=STYLE)
 
+    if args.save_model:
+        model.save_pretrained(args.save_model)
+        tok.save_pretrained(args.save_model)
+        write_meta(args.save_model, prompt_style=STYLE)
     samples = heldout[:n_items]
     results: dict[str, dict] = {}
     with torch.inference_mode():
