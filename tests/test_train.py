@@ -286,3 +286,15 @@ def test_train_command_needs_data_and_a_real_model(tmp_path):
     assert main(["train", "--out", str(tmp_path)]) == 2  # no --data
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fixed_rows()))
     assert main(["train", "--data", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path), "model.path=tiny"]) == 2
+
+
+def test_token_budget_schedule_stops_at_the_budget():
+    """train.max_tokens (equal-budget ablations) replaces epochs: epochs are cycled until the tokens reach the budget."""
+    rng = random.Random(3)
+    lengths = [rng.randint(20, 100) for _ in range(40)]
+    tcfg = load_config(None, ["train.max_tokens=7000", "train.tokens_per_micro_batch=300", "train.grad_accum=2"]).train
+    schedule, steps = build_schedule(len(lengths), lengths, tcfg)
+    assert len(schedule) == 2 * steps
+    per_step = [sum(lengths[i] for b in schedule[s * 2:(s + 1) * 2] for i in b) for s in range(steps)]
+    assert sum(per_step) >= 7000 > sum(per_step[:-1])  # stops at the first step that reaches the budget
+    assert sum(per_step) > sum(lengths)  # more than one epoch was needed, and taken
