@@ -51,7 +51,9 @@ FULL = "full"
 # Arm name → overrides on top of the job config (the arms differ ONLY in these keys).
 ARM_OVERRIDES: dict[str, list[str]] = {
     "full": [],
-    "plain_sft": ["select.policy=all", "refine.corpus=false", "select.seed_fraction=1.0", "select.seed_size=0"],
+    # probe.k=1: plain SFT uses no pass rates and no probed answers; the driver still probes, so keep it cheap
+    "plain_sft": ["select.policy=all", "refine.corpus=false", "select.seed_fraction=1.0", "select.seed_size=0",
+                  "probe.k=1"],
     "random_select": ["select.policy=random", "select.accumulate=false"],
     "no_refine_corpus": ["refine.corpus=false"],
 }
