@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,6 +39,9 @@ from toolace_r.report import STATE_FILE, iter_key, write_report
 log = logging.getLogger("toolace_r.driver")
 
 CONFIG_FILE = "config.yaml"
+# Test hook (tests/test_faults.py): the driver SIGKILLs itself right after recording this stage key as finished,
+# i.e. a crash at a stage boundary before the report is rebuilt. Unset — always, outside tests — it does nothing.
+TEST_KILL_ENV = "TOOLACE_TEST_KILL_AFTER_STAGE"
 # Keys that only say how (or how long) to run, not what is computed: they may change between a run and its resume.
 RESUME_SAFE = (
     "run.dir", "run.ray_address", "run.num_cpus", "run.log_level", "run.max_iterations", "run.patience",
@@ -99,6 +103,8 @@ def run_stage(state: RunState, run_dir: Path, key: str, fn: Callable[[], Any], p
     started = state.start(key)
     result = fn()
     state.finish(key, result, started)
+    if os.environ.get(TEST_KILL_ENV) == key:  # test hook, see TEST_KILL_ENV
+        os.kill(os.getpid(), signal.SIGKILL)
     log.info("✓ %-20s done in %.1f s", key, time.time() - started)
     write_report(run_dir)
     if push:

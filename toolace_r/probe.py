@@ -227,6 +227,10 @@ def probe(
         compute=ray.data.ActorPoolStrategy(size=pc.num_actors),
         num_cpus=pc.cpus_per_actor,
         num_gpus=pc.gpus_per_actor,
+        # An actor whose process dies (node lost, OOM kill) is restarted and its in-flight batches are retried, so
+        # every sample still gets exactly one row (tests/test_faults.py). Ray Data's current default, made explicit.
+        max_restarts=-1,
+        max_task_retries=-1,
     )
     try:
         results.write_parquet(str(tmp))
