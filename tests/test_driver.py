@@ -290,3 +290,29 @@ def test_job_runs_through_ray_job_submit(tmp_path):
         _kill_session(head.pid)
         head_log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_pool_stage_records_skipped_bad_records(tmp_path):
+    """pool.on_error=skip: the bad record is counted in state.json and the report, the good ones are the pool."""
+    import json
+
+    from toolace_r.driver import load_pool_stage
+    from toolace_r.report import build_report
+
+    good = {"messages": [{"role": "user", "content": "weather in Paris?"},
+                         {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+                             "name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}]}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+                       "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                      "required": ["city"]}}}]}
+    bad = {"messages": "not a list", "tools": []}
+    pool_file = tmp_path / "pool.jsonl"
+    pool_file.write_text("\n".join(json.dumps(r) for r in (good, bad, good)) + "\n")
+    cfg = load_config(None, [f"pool.path={pool_file}", "pool.on_error=skip"])
+    state = RunState(tmp_path)
+    pool = load_pool_stage(cfg, state, tmp_path)
+    assert len(pool) == 2
+    result = state.result("pool")
+    assert result["records"] == 3 and result["skipped"] == 1
+    assert "record 1" in result["skip_examples"][0]
+    assert build_report(state.data, tmp_path)["pool_skipped"] == 1

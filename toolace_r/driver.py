@@ -205,10 +205,11 @@ def pool_fingerprint(samples: list[Sample]) -> str:
 
 def load_pool_stage(cfg: Config, state: RunState, run_dir: Path) -> list[Sample]:
     """Load the pool (deterministic for a given config) and check on resume that it is still the same pool."""
-    from toolace_r.data.pool import load_pool
+    from toolace_r.data.pool import load_pool_result
 
     t0 = time.time()
-    pool = load_pool(cfg.pool)
+    read = load_pool_result(cfg.pool)
+    pool = read.samples
     ids = Counter(s.id for s in pool)
     dupes = [i for i, n in ids.items() if n > 1]
     if dupes:
@@ -223,9 +224,14 @@ def load_pool_stage(cfg: Config, state: RunState, run_dir: Path) -> list[Sample]
     else:
         started = state.start("pool")
         state.finish("pool", {"pool_size": len(pool), "fingerprint": fingerprint,
-                              "categories": dict(Counter(s.category for s in pool))}, started)
-    log.info("pool: %d samples (%s) loaded in %.1f s", len(pool),
-             ", ".join(f"{c} {n}" for c, n in sorted(Counter(s.category for s in pool).items())), time.time() - t0)
+                              "categories": dict(Counter(s.category for s in pool)),
+                              "records": read.records, "skipped": read.skipped, "skip_examples": read.errors[:5]},
+                     started)
+    log.info("pool: %d samples (%s) from %d records loaded in %.1f s", len(pool),
+             ", ".join(f"{c} {n}" for c, n in sorted(Counter(s.category for s in pool).items())), read.records,
+             time.time() - t0)
+    if read.skipped:
+        log.warning("pool: %d bad records skipped (pool.on_error=skip); first: %s", read.skipped, read.errors[0])
     return pool
 
 

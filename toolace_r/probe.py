@@ -315,9 +315,12 @@ def summarize(path: str | os.PathLike, wall_s: float) -> dict[str, Any]:
 
 def probe_command(args, cfg: Config) -> int:
     """`toolace-r probe --config FILE model.path=DIR pool.path=FILE [--out DIR]`."""
-    from toolace_r.data.pool import load_pool
+    from toolace_r.data.pool import load_pool_result
 
-    samples = load_pool(cfg.pool)
+    read = load_pool_result(cfg.pool)
+    samples = read.samples
+    skipped = f" ({read.skipped} bad records skipped; first: {read.errors[0]})" if read.skipped else ""
+    print(f"pool: {len(samples)} samples from {read.records} records{skipped}")
     out = args.out or os.path.join(cfg.run.dir, "probe")
     path = probe(cfg, cfg.model.path, samples, out)
     summary = json.loads((Path(path) / SUMMARY_FILE).read_text())

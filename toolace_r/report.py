@@ -113,6 +113,7 @@ def build_report(state: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         "final_model": last_model,
         "base_model": (_result(stages, "base_model") or {}).get("model_dir"),
         "pool_size": pool.get("pool_size"),
+        "pool_skipped": pool.get("skipped", 0),  # bad records skipped under pool.on_error=skip
         "baseline": baseline,
         "iterations": [iteration_entry(stages, it, pool.get("pool_size")) for it in iterations],
         "wall_s_total": round(sum(s.get("wall_s", 0.0) for s in stages.values()), 1),
@@ -246,7 +247,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:49%;margin:4px}}</style></head>
 <body><h1>toolace-r run report</h1>
-<p>run dir <code>{html.escape(report['run_dir'])}</code> · pool {_fmt(report.get('pool_size'))} samples ·
+<p>run dir <code>{html.escape(report['run_dir'])}</code> · pool {_fmt(report.get('pool_size'))} samples ({_fmt(report.get('pool_skipped'))} bad records skipped) ·
 status: {status} · updated {report['updated_at']} · stage time {report['wall_s_total']} s ·
 final model <code>{_fmt(report.get('final_model'))}</code></p>
 <div>{imgs}</div>
