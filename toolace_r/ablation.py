@@ -180,6 +180,7 @@ def run_ablation(cfg: Config) -> dict:
         if FULL in arms:
             log.info("━━━━━━━━ arm full ━━━━━━━━")
             _run_arm(configs[FULL], None)
+            write_ablation_report(root, arms, budget, cfg.eval.max_rounds)  # a partial report after every arm
             for a in rest:
                 share_baseline(root / "arms" / FULL, root / "arms" / a)
         sizes = selection_sizes(root / "arms" / FULL) if FULL in arms else {}
@@ -194,6 +195,7 @@ def run_ablation(cfg: Config) -> dict:
             for a in rest:
                 log.info("━━━━━━━━ arm %s ━━━━━━━━", a)
                 _run_arm(configs[a], randoms[a])
+                write_ablation_report(root, arms, budget, cfg.eval.max_rounds)
         return write_ablation_report(root, arms, budget, cfg.eval.max_rounds)
     finally:
         if started_ray:
@@ -314,7 +316,8 @@ def _plots(report: dict) -> dict[str, bytes]:
     ax.set_xlabel("iteration")
     ax.set_ylabel("held-out accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small", loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="x-small", loc="best")
     ax.set_title("Held-out accuracy per iteration")
     out["accuracy"] = png(fig)
 
@@ -327,7 +330,8 @@ def _plots(report: dict) -> dict[str, bytes]:
     ax.set_ylabel("held-out accuracy")
     ax.set_xticks(range(1, report["max_rounds"] + 1))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
     ax.set_title("Adaptive refinement: accuracy vs max rounds (last iteration)")
     out["rounds"] = png(fig)
 
