@@ -90,8 +90,10 @@ def test_training_worker_killed_resumes_from_last_checkpoint(ray_local, tiny_mod
                     workers = sorted(_descendants("RayTrainWorker"), key=lambda p: p.pid)
                     if len(workers) == 2:
                         victim = rng.choice(workers)
+                        seen["cmd"] = victim.cmdline()
                         os.kill(victim.pid, signal.SIGKILL)
                         seen["killed_pid"] = victim.pid
+                        seen["killed"] = (time.time(), seen["cmd"], [w.pid for w in workers])
                 time.sleep(0.05)
         except Exception as err:  # surfaced by the test below
             seen["error"] = repr(err)
@@ -106,8 +108,8 @@ def test_training_worker_killed_resumes_from_last_checkpoint(ray_local, tiny_mod
     assert seen["error"] is None, seen["error"]
     assert seen["killed_pid"] is not None, f"training ended before a worker could be killed: {seen}"
     assert not psutil.pid_exists(seen["killed_pid"]) or psutil.Process(seen["killed_pid"]).status() == "zombie"
-    assert result["restarts"] == 1 and result["steps"] == total, result
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert result["restarts"] == 1 and result["steps"] == total, (seen, result, [(r["step"], r["attempt"]) for r in records])
     assert [r["step"] for r in records] == list(range(1, total + 1))  # no gap, no step twice in the curve
     resumed_from = next(r["step"] for r in records if r["attempt"] == 1) - 1
     assert resumed_from % every == 0 and resumed_from >= every  # a real checkpoint, not a restart from 0
