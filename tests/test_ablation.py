@@ -138,3 +138,19 @@ def test_minimal_ablation_spends_equal_budgets_and_reports_every_arm(tmp_path, r
     assert Path(report["arms"]["full"]["run_dir"]).parent.parent == root and (root / "base_model" / "config.json").is_file()
     assert report["arms"]["plain_sft"]["baseline"] == report["arms"]["full"]["baseline"]
     assert "plain_sft" in format_table(report)
+
+
+def test_accuracy_by_rounds_is_the_accuracy_of_stopping_at_each_round():
+    """evaluate.summarize: round 1 = single pass, last round = refined; an item fixed at round 2 counts from 2 on."""
+    from toolace_r.evaluate import summarize
+
+    base = dict(group="simple", first_answer="a", answer="b", rounds=2, tokens=1, forward_passes=1, time_s=0.0,
+                refined_error_type="")
+    rows = [dict(base, valid=False, refined_valid=True, valid_by_round=[False, True, True]),
+            dict(base, valid=True, refined_valid=False, valid_by_round=[True, False, False]),
+            dict(base, valid=True, refined_valid=True, valid_by_round=[True, True, True])]
+    m = summarize(rows)["overall"]
+    assert m["accuracy_by_rounds"] == pytest.approx([2 / 3, 2 / 3, 2 / 3])
+    assert m["accuracy_by_rounds"][0] == m["accuracy"] and m["accuracy_by_rounds"][-1] == m["refined_accuracy"]
+    rows[0]["valid_by_round"] = [False, False, True]
+    assert summarize(rows)["overall"]["accuracy_by_rounds"] == pytest.approx([2 / 3, 1 / 3, 2 / 3])
