@@ -260,32 +260,51 @@ def _check_run_dir_readable(run_dir: Path) -> int:
         elif path.suffix == ".yaml":
             OmegaConf.load(path)
         elif path.suffix == ".parquet":
+            pq.read_table(path)
             parquet_dirs.add(path.parent)
-            continue
         else:
             continue
         checked += 1
-    for d in parquet_dirs:
-        pq.read_table(d)
-        checked += 1
+    for d in parquet_dirs:  # the way the driver reads them back: probe.read_probe / pandas over the dir's files
+        assert read_probe(d)
     return checked
+
+
+def _state(run_dir: Path) -> dict | None:
+    return rio.read_json(run_dir / "state.json") if (run_dir / "state.json").is_file() else None
+
+
+def _kill_inside_stage(proc: subprocess.Popen, run_dir: Path, history_before: int, nth: int, delay: float) -> int:
+    """SIGKILL the driver `delay` s after the `nth` stage start recorded by this attempt (or let it exit)."""
+    while proc.poll() is None:
+        state = _state(run_dir)
+        starts = [h for h in (state["history"][history_before:] if state else []) if h["event"] == "start"]
+        if len(starts) >= nth:
+            try:
+                return proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                return proc.wait(timeout=30)
+        time.sleep(0.1)
+    return proc.returncode
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_driver_killed_repeatedly_at_boundaries_and_inside_stages(tmp_path):
     """One run dir, the driver SIGKILLed 6 times — 3 times right after a stage is recorded finished (the test hook
-    TOOLACE_TEST_KILL_AFTER_STAGE), 3 times at seeded random moments — and rerun each time until it completes.
+    TOOLACE_TEST_KILL_AFTER_STAGE), 3 times at seeded random moments inside stages — and rerun each time until it
+    completes.
     After every kill all files a rerun could read parse; at the end each stage finished exactly once and kept the
     result it first recorded."""
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "toolace_r.cli", "run", *tiny_run_overrides(run_dir)]
     rng = random.Random(20261125)
-    # (boundary stage or None, seconds after start for a timed kill)
-    # Per attempt: "boundary" (kill right after the next not-yet-finished stage of `boundaries` is recorded) or the
-    # seconds after start of a timed kill. Boundaries are picked at run time so an earlier timed kill that got
-    # further than planned cannot make a boundary kill miss.
-    plan = ["boundary", rng.uniform(4, 12), "boundary", rng.uniform(8, 25), "boundary", rng.uniform(8, 25)]
+    # Per attempt: "boundary" = kill right after the next not-yet-finished stage of `boundaries` is recorded (picked
+    # at run time, so a timed kill that got further than expected cannot make it miss); (n, s) = kill s seconds after
+    # the n-th stage this attempt starts, inside a stage rather than in the (load-dependent) Ray start-up.
+    plan = ["boundary", (1, rng.uniform(0.5, 5)), "boundary", (2, rng.uniform(0.5, 8)), "boundary",
+            (1, rng.uniform(2, 10))]
     boundaries = ["base_model", "iter_000/train", "iter_001/probe", "iter_001/corpus", "iter_001/train",
                   "iter_001/eval"]
     base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TEST_KILL_ENV)}
@@ -297,30 +316,28 @@ def test_driver_killed_repeatedly_at_boundaries_and_inside_stages(tmp_path):
         attempts += 1
         assert attempts <= len(plan) + 3, f"run did not complete after {attempts - 1} attempts: {outcomes}"
         step = plan[attempts - 1] if attempts <= len(plan) else None
-        done = rio.read_json(run_dir / "state.json")["stages"] if (run_dir / "state.json").is_file() else {}
+        done = (_state(run_dir) or {}).get("stages", {})
         boundary = next(b for b in boundaries if b not in done) if step == "boundary" else None
-        delay = step if isinstance(step, float) else None
+        timed = step if isinstance(step, tuple) else None
+        history_before = len(_state(run_dir)["history"]) if _state(run_dir) else 0
         env = dict(base_env, **({TEST_KILL_ENV: boundary} if boundary else {}))
         with open(tmp_path / f"attempt{attempts}.log", "w") as log:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             try:
-                try:
-                    rc = proc.wait(timeout=delay if delay is not None else 600)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    rc = proc.wait(timeout=30)
+                rc = proc.wait(timeout=600) if timed is None else _kill_inside_stage(proc, run_dir, history_before, *timed)
             finally:
                 _kill_session(proc.pid)
-        state = rio.read_json(run_dir / "state.json") if (run_dir / "state.json").is_file() else None
+        state = _state(run_dir)
         if rc == 0:
             outcomes.append("completed")
             break
         assert rc == -signal.SIGKILL, (rc, (tmp_path / f"attempt{attempts}.log").read_text()[-4000:])
         kills += 1
         in_flight = [] if state is None else [h["stage"] for h in state["history"] if h["stage"] not in state["stages"]]
-        outcomes.append(f"killed {'after ' + boundary if boundary else f'at {delay:.1f}s'}"
-                        f"{' inside ' + in_flight[-1] if in_flight and not boundary else ''}")
+        outcomes.append(f"killed after {boundary}" if boundary else
+                        f"killed {timed[1]:.1f}s into stage #{timed[0]} of the attempt"
+                        f"{' (' + in_flight[-1] + ')' if in_flight else ''}")
         if boundary:  # the hook fired: the stage was recorded finished just before the kill
             assert state is not None and boundary in state["stages"], outcomes
         if state is not None:
