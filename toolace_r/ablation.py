@@ -315,6 +315,8 @@ def _plots(report: dict) -> dict[str, bytes]:
         ax.axhline(base["accuracy"], color="grey", linestyle=":", label="untrained")
     ax.set_xlabel("iteration")
     ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="x-small", loc="best")
@@ -329,6 +331,7 @@ def _plots(report: dict) -> dict[str, bytes]:
     ax.set_xlabel("max refinement rounds (1 = single pass)")
     ax.set_ylabel("held-out accuracy")
     ax.set_xticks(range(1, report["max_rounds"] + 1))
+    ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
@@ -345,6 +348,7 @@ def _plots(report: dict) -> dict[str, bytes]:
                    width=width, color=colors[a], label=a)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cats))], cats, fontsize="small")
         ax.set_ylabel("single-pass accuracy")
+        ax.set_ylim(0, 1)
         ax.legend(fontsize="x-small")
         ax.set_title("Per category (last iteration)")
         out["categories"] = png(fig)
