@@ -192,7 +192,7 @@ class ServeConfig:
 class AblationConfig:
     arms: list[str] = field(default_factory=lambda: ["full", "plain_sft", "random_select", "no_refine_corpus"])
     concurrent: bool = False
-    token_budget: int = 0  # 0 = the full arm's training tokens set the budget
+    token_budget: int = 0  # training tokens per train stage, the same for every arm; 0 = use train.max_tokens
 
 
 @dataclass
