@@ -22,6 +22,8 @@ from toolace_r.driver import (
 from toolace_r.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
+# Ray's answer to a submission that reached the head before its job agent registered (nothing was started).
+NO_JOB_AGENT = "No available agent to submit job"
 
 
 # ------------------------------------------------------------------------------------------------ stop criteria
@@ -278,7 +280,11 @@ def test_job_runs_through_ray_job_submit(tmp_path):
         # as in the README: the repo is shipped as the job's working dir (.gitignore'd files stay behind)
         submit = [str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", str(REPO),
                   "--", sys.executable, "-m", "toolace_r.cli", "run", *overrides]
-        rc, output = _run_logged(submit, tmp_path / "job.log", timeout=900, env=env)
+        for attempt in range(6):  # right after `ray start` the job agent may not have registered yet: no job started
+            rc, output = _run_logged(submit, tmp_path / "job.log", timeout=900, env=env)
+            if rc == 0 or NO_JOB_AGENT not in output:
+                break
+            time.sleep(5)
         assert rc == 0, output[-6000:]
         assert "succeeded" in output.lower()
         assert "joining the Ray cluster" in output  # the driver used the job's cluster, not a private Ray

@@ -151,10 +151,14 @@ def test_demo_job_spreads_training_and_probing_over_two_nodes(tmp_path):
         head_id = next(n["node_id"] for n in nodes if n["is_head_node"])
 
         # Exactly the operator's command (cluster/README.md), with the demo config and test-sized overrides.
-        submit = cluster.ray_cli("job", "submit", f"--address={cluster.dashboard}", "--working-dir", ".", "--",
-                                 "toolace-r", "run", "--config", "jobs/demo.yaml", *tiny_two_node_overrides(tmp_path),
-                                 timeout=1000)
-        output = submit.stdout + submit.stderr
+        for attempt in range(6):  # right after `ray start` the job agent may not have registered yet: no job started
+            submit = cluster.ray_cli("job", "submit", f"--address={cluster.dashboard}", "--working-dir", ".", "--",
+                                     "toolace-r", "run", "--config", "jobs/demo.yaml",
+                                     *tiny_two_node_overrides(tmp_path), timeout=1000)
+            output = submit.stdout + submit.stderr
+            if submit.returncode == 0 or "No available agent to submit job" not in output:
+                break
+            time.sleep(5)
         (tmp_path / "job.log").write_text(output)
         assert submit.returncode == 0, output[-8000:]
         assert "succeeded" in output.lower(), output[-3000:]
