@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import end_session  # tests/processes.py
 from toolace_r import io as rio
 from toolace_r.config import RunConfig, load_config, to_yaml
 from toolace_r.driver import (
@@ -153,35 +154,6 @@ def _wait_for(predicate, timeout: float, what: str, proc=None):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
-def _kill_session(sid: int, grace_s: float = 5.0) -> None:
-    """End every process of the session `sid` (one this test started with start_new_session=True): the driver or
-    `ray start`, and every Ray process they spawned (Ray workers change process group, but not session)."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
-        pids = _session_pids(sid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.time() + wait
-        while time.time() < deadline and _session_pids(sid):
-            time.sleep(0.2)
-
-
 def _run_logged(cmd: list[str], log_path: Path, timeout: float, env: dict | None = None) -> tuple[int, str]:
     """Run `cmd` in its own session with output to a file (daemons it spawns may hold on to a pipe); afterwards end
     whatever it left running."""
@@ -191,7 +163,7 @@ def _run_logged(cmd: list[str], log_path: Path, timeout: float, env: dict | None
         try:
             rc = proc.wait(timeout=timeout)
         finally:
-            _kill_session(proc.pid)
+            end_session(proc.pid)
     return rc, log_path.read_text()
 
 
@@ -216,7 +188,7 @@ def test_driver_killed_during_training_resumes_without_redoing_stages(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)  # the driver process, mid-training
         proc.wait(timeout=30)
     finally:
-        _kill_session(proc.pid)  # whatever of its local Ray did not die with it
+        end_session(proc.pid)  # whatever of its local Ray did not die with it
         log1.close()
     before = rio.read_json(run_dir / "state.json")
     assert "iter_000/train" not in before["stages"]
@@ -293,7 +265,7 @@ def test_job_runs_through_ray_job_submit(tmp_path):
         assert report["stopped"]["reason"].startswith("max_iterations")
     finally:
         # Not `ray stop`: it would stop every Ray on this machine, other people's too. End this head node's session.
-        _kill_session(head.pid)
+        end_session(head.pid)
         head_log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -21,6 +21,7 @@ import psutil
 import pytest
 import ray.cloudpickle
 
+from processes import end_session  # tests/processes.py
 from toolace_r import io as rio
 from toolace_r.config import BuiltinPoolConfig, Config, load_config
 from toolace_r.data.pool import load_builtin
@@ -191,33 +192,6 @@ def tiny_run_overrides(run_dir: Path) -> list[str]:
     ]
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL what is left of the session `sid` (a driver this test started with start_new_session=True, and its
-    private Ray: Ray workers leave the process group but not the session)."""
-    for _ in range(20):
-        pids = _session_pids(sid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.25)
-
-
 def _stage_outputs(run_dir: Path, key: str) -> list[Path]:
     """Where a stage writes. Those of the stage in flight at a kill may be partial: the rerun redoes that stage and
     clears them first, so they are never read back."""
@@ -327,7 +301,7 @@ def test_driver_killed_repeatedly_at_boundaries_and_inside_stages(tmp_path):
             try:
                 rc = proc.wait(timeout=600) if timed is None else _kill_inside_stage(proc, run_dir, history_before, *timed)
             finally:
-                _kill_session(proc.pid)
+                end_session(proc.pid, term_grace_s=0)
         state = _state(run_dir)
         if rc == 0:
             outcomes.append("completed")

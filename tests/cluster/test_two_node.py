@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import end_session, session_pids  # tests/processes.py
 from toolace_r import io as rio
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,35 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
-def end_session(sid: int) -> None:
-    """SIGTERM, then SIGKILL, every process of session `sid` (a `ray start` this test began with its own session:
-    GCS, raylet, dashboard, agents and Ray workers all stay in it)."""
-    for sig, grace in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 3.0)):
-        pids = session_pids(sid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.time() + grace
-        while time.time() < deadline and session_pids(sid):
-            time.sleep(0.2)
 
 
 class TwoNodeCluster:
