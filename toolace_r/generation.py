@@ -44,7 +44,7 @@ class Generator:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pad_id: int = self.tokenizer.pad_token_id
-        self.stop_ids: set[int] = _stop_ids(model, tokenizer)
+        self.stop_ids: set[int] = stop_ids(model, tokenizer)
         # Running totals, for benchmarks and logs: real prompt tokens vs. the padded grid actually computed.
         self.stats = {"prompts": 0, "prompt_tokens": 0, "padded_prompt_tokens": 0, "generated_tokens": 0}
         # transformers 5 renamed `past_key_values` to `cache` and 4.50 `num_logits_to_keep` to `logits_to_keep`.
@@ -179,7 +179,7 @@ class Generator:
             )
 
 
-def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+def stop_ids(model: Any, tokenizer: Any) -> set[int]:
     """EOS ids from the model's generation config (may be a list, e.g. Qwen's <|im_end|> and <|endoftext|>) and the
     tokenizer."""
     ids: set[int] = set()

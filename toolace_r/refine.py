@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from toolace_r import generation
 from toolace_r.data import prompts
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Token ids that end an answer: the tokenizer's EOS and any EOS the model's generation config names."""
-    ids: set[int] = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(int(i) for i in configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
+    """Token ids that end an answer (generation.stop_ids); refinement cannot decode without one."""
+    ids = generation.stop_ids(model, tokenizer)
     if not ids:
         raise ValueError("the tokenizer has no EOS token and the model's generation config names none")
     return ids
