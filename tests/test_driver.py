@@ -252,7 +252,7 @@ def test_job_runs_through_ray_job_submit(tmp_path):
         # as in the README: the repo is shipped as the job's working dir (.gitignore'd files stay behind)
         submit = [str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", str(REPO),
                   "--", sys.executable, "-m", "toolace_r.cli", "run", *overrides]
-        for attempt in range(6):  # right after `ray start` the job agent may not have registered yet: no job started
+        for attempt in range(24):  # right after `ray start` the job agent may take minutes to register: no job started
             rc, output = _run_logged(submit, tmp_path / "job.log", timeout=900, env=env)
             if rc == 0 or NO_JOB_AGENT not in output:
                 break

@@ -122,7 +122,7 @@ def test_demo_job_spreads_training_and_probing_over_two_nodes(tmp_path):
         head_id = next(n["node_id"] for n in nodes if n["is_head_node"])
 
         # Exactly the operator's command (cluster/README.md), with the demo config and test-sized overrides.
-        for attempt in range(6):  # right after `ray start` the job agent may not have registered yet: no job started
+        for attempt in range(24):  # right after `ray start` the job agent may take minutes to register: no job started
             submit = cluster.ray_cli("job", "submit", f"--address={cluster.dashboard}", "--working-dir", ".", "--",
                                      "toolace-r", "run", "--config", "jobs/demo.yaml",
                                      *tiny_two_node_overrides(tmp_path), timeout=1000)
