@@ -40,3 +40,23 @@ def end_session(sid: int, term_grace_s: float = 5.0, kill_grace_s: float = 3.0) 
         deadline = time.time() + grace
         while time.time() < deadline and session_pids(sid):
             time.sleep(0.2)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def private_node_ports() -> list[str]:
+    """`ray start` flags giving a node its own free port for every listener that otherwise takes a fixed default.
+
+    A second Ray on the same machine — the test session's own `ray.init()`, another node of a test cluster — already
+    holds the defaults (dashboard agent 52365, ...). A node whose agent cannot bind its port never registers a job
+    agent, and every `ray job submit` to it fails with 'No available agent to submit job'."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import end_session  # tests/processes.py
+from processes import end_session, free_port, private_node_ports  # tests/processes.py
 from toolace_r import io as rio
 from toolace_r.config import RunConfig, load_config, to_yaml
 from toolace_r.driver import (
@@ -226,22 +225,17 @@ def test_driver_killed_during_training_resumes_without_redoing_stages(tmp_path):
     assert _history(run_dir) == history
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_job_runs_through_ray_job_submit(tmp_path):
     """`ray start --head` on private ports and a private temp dir, `ray job submit -- toolace-r run`, `ray stop`."""
     ray_bin = Path(sys.executable).parent / "ray"
     temp_dir = Path("/tmp") / f"tr_{os.getpid()}"  # Ray's socket paths must stay short
-    gcs_port, dash_port, client_port = _free_port(), _free_port(), _free_port()
+    gcs_port, dash_port, client_port = free_port(), free_port(), free_port()
     env = dict(_env(), RAY_AUTH_MODE="disabled")  # STACK.md: token auth would make the submit CLI fail
     start = [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-             f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+             f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+             *private_node_ports()]  # the session's own ray.init() holds the default agent ports
     head_log = open(tmp_path / "ray_start.log", "w")
     head = subprocess.Popen(start, env=env, stdout=head_log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # its own session: the cleanup below ends exactly this cluster

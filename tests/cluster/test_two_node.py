@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from processes import end_session, session_pids  # tests/processes.py
+from processes import end_session, free_port, private_node_ports, session_pids  # tests/processes.py
 from toolace_r import io as rio
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).parent / "ray"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TwoNodeCluster:
@@ -55,15 +48,9 @@ class TwoNodeCluster:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _per_node_ports(self) -> list[str]:
-        # Both nodes share the machine: every listening port of the second node must differ from the head's.
-        return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-                f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
-
     def _start(self, name: str, args: list[str]) -> None:
         cmd = [str(RAY), "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=300000000",
-               f"--temp-dir={self.temp_root / name}", "--disable-usage-stats", *self._per_node_ports(), *args]
+               f"--temp-dir={self.temp_root / name}", "--disable-usage-stats", *private_node_ports(), *args]
         with open(self.logs / f"ray_start_{name}.log", "w") as log:
             proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.sessions.append(proc.pid)
