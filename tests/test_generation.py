@@ -65,6 +65,24 @@ def test_shared_prompt_cache_draws_the_same_answers_as_repeated_prompts(generato
     assert generator.generate(prompts, share_prefix=True, **greedy) == generator.generate(prompts, share_prefix=False, **greedy)
 
 
+def test_shared_prefix_cache_of_a_left_padded_row_equals_its_own_unpadded_forward(generator, prompts):
+    """The next-token logits after a left-padded row's prefix cache equal those of the row run alone, unpadded.
+    (Regression: the prefix was run without position ids, so a row with p pads had its prompt p positions too far
+    from its answer; sampled answers of unequal-length prompts then differed from the repeated-prompt path.)"""
+    tok, model = generator.tokenizer, generator.model
+    encoded = tok(prompts[:6], add_special_tokens=False)["input_ids"]
+    batch = tok.pad({"input_ids": encoded}, padding=True, return_tensors="pt")
+    assert len({len(e) for e in encoded}) > 1  # rows really are padded by different amounts
+    cache = generator.prefix_cache(batch["input_ids"], batch["attention_mask"])
+    with torch.inference_mode():
+        last = model(input_ids=batch["input_ids"][:, -1:], attention_mask=batch["attention_mask"],
+                     position_ids=batch["attention_mask"].sum(-1, keepdim=True) - 1, use_cache=True,
+                     **{generator._cache_arg: cache}).logits[:, -1]
+        for row, ids in enumerate(encoded):
+            alone = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            torch.testing.assert_close(last[row], alone, atol=1e-4, rtol=1e-4)
+
+
 def test_greedy_batched_equals_one_prompt_at_a_time(generator, prompts):
     batched = generator.generate(prompts, n=2, temperature=0.0, max_new_tokens=12, batch_size=8)
     single = [generator.generate([p], n=1, temperature=0.0, max_new_tokens=12)[0][0] for p in prompts]

@@ -145,19 +145,27 @@ class Generator:
         if logits_processor is not None:
             kwargs["logits_processor"] = logits_processor
         if shared:
-            # Run the prompt (all but its last token) once, then copy its KV cache for the k draws; generate() only
-            # computes the uncached last prompt token and the answers.
-            prefix_kwargs = {self._cache_arg: None, "use_cache": True}
-            if self._logits_arg:
-                prefix_kwargs[self._logits_arg] = 1  # the prefix's logits are not needed: skip the vocab projection
-            out = self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], **prefix_kwargs)
-            prefix = getattr(out, self._cache_arg)
-            prefix.batch_repeat_interleave(draws)
-            kwargs[self._cache_arg] = prefix
+            kwargs[self._cache_arg] = self.prefix_cache(input_ids, attention_mask, copies=draws)
             input_ids = input_ids.repeat_interleave(draws, dim=0)
             attention_mask = attention_mask.repeat_interleave(draws, dim=0)
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return out[:, prompt_len:].cpu()
+
+    @torch.inference_mode()
+    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int = 1):
+        """KV cache of every left-padded prompt but its last token, each row repeated `copies` times: generate()
+        then computes only the uncached last prompt token and the answers.
+
+        Positions count real tokens only, as generate() counts them for the tokens after the prefix: without them
+        a left-padded row's prefix would sit `pad` positions further from its answer than in training."""
+        mask = attention_mask[:, :-1]
+        kwargs = {self._cache_arg: None, "use_cache": True, "position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0)}
+        if self._logits_arg:
+            kwargs[self._logits_arg] = 1  # the prefix's logits are not needed: skip the vocab projection
+        out = self.model(input_ids=input_ids[:, :-1], attention_mask=mask, **kwargs)
+        cache = getattr(out, self._cache_arg)
+        cache.batch_repeat_interleave(copies)
+        return cache
 
     def _decode(self, row: torch.Tensor) -> Generation:
         tokens = row.tolist()
