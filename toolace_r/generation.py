@@ -114,7 +114,8 @@ class Generator:
         return results
 
     # --- internals ------------------------------------------------------------------------------------------------
-    def _generation_config(self, greedy: bool, temperature: float, top_p: float, max_new_tokens: int, returns: int):
+    def _generation_config(self, greedy: bool, temperature: float, top_p: float, max_new_tokens: int, returns: int,
+                           cache_given: bool = False):
         from transformers import GenerationConfig
 
         # Our config is the authority on the sampling distribution: top_k and repetition penalties a checkpoint ships
@@ -128,6 +129,8 @@ class Generator:
             repetition_penalty=1.0,
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.stop_ids) or None,
+            # see prefix_cache: no per-step concatenation of the KV cache (a cache passed in is static already)
+            cache_implementation=None if cache_given else "static",
             **sampling,
         )
 
@@ -140,21 +143,28 @@ class Generator:
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         prompt_len = input_ids.shape[1]
         shared = draws > 1 and share_prefix and prompt_len > 1
-        gen_config = self._generation_config(greedy, temperature, top_p, max_new_tokens, 1 if shared else draws)
+        gen_config = self._generation_config(greedy, temperature, top_p, max_new_tokens, 1 if shared else draws,
+                                             cache_given=shared)
         kwargs: dict[str, Any] = {"generation_config": gen_config}
         if logits_processor is not None:
             kwargs["logits_processor"] = logits_processor
         if shared:
-            kwargs[self._cache_arg] = self.prefix_cache(input_ids, attention_mask, copies=draws)
+            kwargs[self._cache_arg] = self.prefix_cache(input_ids, attention_mask, copies=draws,
+                                                        max_cache_len=prompt_len + max_new_tokens)
             input_ids = input_ids.repeat_interleave(draws, dim=0)
             attention_mask = attention_mask.repeat_interleave(draws, dim=0)
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return out[:, prompt_len:].cpu()
 
     @torch.inference_mode()
-    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int = 1):
+    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int = 1,
+                     max_cache_len: int | None = None):
         """KV cache of every left-padded prompt but its last token, each row repeated `copies` times: generate()
         then computes only the uncached last prompt token and the answers.
+
+        With `max_cache_len` the cache is a preallocated StaticCache of that length: decoding then writes each new
+        token in place, where a DynamicCache concatenates the whole cache at every step (that copy was ~2/3 of the
+        decoding time of k=4 probing batches on CPU; static is ~3x faster there, token for token the same answers).
 
         Positions count real tokens only, as generate() counts them for the tokens after the prefix: without them
         a left-padded row's prefix would sit `pad` positions further from its answer than in training."""
@@ -164,6 +174,8 @@ class Generator:
             kwargs[self._logits_arg] = 1  # the prefix's logits are not needed: skip the vocab projection
         out = self.model(input_ids=input_ids[:, :-1], attention_mask=mask, **kwargs)
         cache = getattr(out, self._cache_arg)
+        if max_cache_len is not None:
+            return _to_static_cache(self.model.config, cache, copies, max_cache_len)
         cache.batch_repeat_interleave(copies)
         return cache
 
@@ -185,6 +197,17 @@ class Generator:
                 f"prompt {longest} has {len(encoded[longest])} tokens; with max_new_tokens={max_new_tokens} it exceeds "
                 f"the model's max_position_embeddings={limit}"
             )
+
+
+def _to_static_cache(config: Any, cache: Any, copies: int, max_cache_len: int) -> Any:
+    """A StaticCache holding `cache`'s keys and values, each row repeated `copies` times, room for `max_cache_len`
+    positions. Filled through the public `Cache.update`, as a forward pass would fill it."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=config, max_cache_len=max_cache_len)
+    for index, layer in enumerate(cache.layers):
+        static.update(layer.keys.repeat_interleave(copies, dim=0), layer.values.repeat_interleave(copies, dim=0), index)
+    return static
 
 
 def stop_ids(model: Any, tokenizer: Any) -> set[int]:
