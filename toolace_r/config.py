@@ -37,8 +37,9 @@ class ModelConfig:
     path: str = "tiny"
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     trust_remote_code: bool = False
-    # How prompts are written (toolace_r/data/prompts.py): "toolace" (ToolACE's system prompt) or "compact" (fewer
-    # tokens, for tiny CPU models). Saved with every model dir this project writes, so eval and serve match training.
+    # How prompts are written (toolace_r/data/prompts.py): "toolace" (ToolACE's system prompt with JSON tools),
+    # "compact" (same JSON, shorter instruction) or "signature" (one `name(param: type)` line per tool: fewest tokens,
+    # what a tiny from-scratch CPU model learns from fastest). Saved with every model dir this project writes, so eval and serve match training.
     prompt_style: str = "toolace"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
@@ -225,7 +226,7 @@ class Config:
 
 _CHOICES = {
     "model.dtype": {"auto", "float32", "bfloat16", "float16"},
-    "model.prompt_style": {"toolace", "compact"},
+    "model.prompt_style": {"toolace", "compact", "signature"},
     "pool.format": {"auto", "toolace", "sharegpt", "openai", "bfcl", "apibank", "toolrl", "samples"},
     "pool.on_error": {"raise", "skip"},
     "probe.decoder": {"lenient", "bfcl"},
