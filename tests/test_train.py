@@ -155,6 +155,20 @@ def test_deepspeed_config_follows_train_config():
     assert deepspeed_config(off, 2, on_gpu=True)["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 
+def test_amp_bf16_autocasts_the_forward_and_keeps_fp32_weights():
+    import torch
+
+    from toolace_r.train import autocast_context, use_bf16
+
+    amp = load_config(None, ["train.precision=amp_bf16"]).train
+    layer = torch.nn.Linear(8, 8)
+    with autocast_context(amp, "cpu"):
+        assert layer(torch.randn(2, 8)).dtype == torch.bfloat16
+    assert layer.weight.dtype == torch.float32 and not use_bf16(amp, on_gpu=True)
+    with autocast_context(load_config(None, []).train, "cpu"):
+        assert layer(torch.randn(2, 8)).dtype == torch.float32
+
+
 def test_bad_rows_name_the_record_and_field():
     rows = fixed_rows()[:3]
     rows[2] = {**rows[2], "completion": ""}
@@ -239,8 +253,9 @@ def untrained_score(tiny_model_dir):
 
 @pytest.mark.slow
 def test_zero2_learns_the_fixed_set_and_export_beats_untrained(ray_local, tiny_model_dir, untrained_score, tmp_path):
+    """ZeRO-2 with the CPU's fast path, precision=amp_bf16 (ZeRO-3 below runs plain fp32)."""
     rows = fixed_rows()
-    result = train(_cfg(2), str(tiny_model_dir), rows, str(tmp_path / "z2"))
+    result = train(_cfg(2, **{"train.precision": "amp_bf16"}), str(tiny_model_dir), rows, str(tmp_path / "z2"))
     _check_learned(result, tmp_path / "z2", untrained_score, rows)
     assert result["restarts"] == 0
 

@@ -274,7 +274,20 @@ def _token_budget_schedule(lengths: list[int], tcfg: TrainConfig, agree_min, wor
 # DeepSpeed configuration
 # ----------------------------------------------------------------------------------------------------------------------
 def use_bf16(tcfg: TrainConfig, on_gpu: bool) -> bool:
+    """bf16 weights (DeepSpeed's bf16 mode)."""
     return tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_gpu)
+
+
+def autocast_context(tcfg: TrainConfig, device: Any):
+    """The forward's context: bf16 autocast for precision=amp_bf16 (weights, gradients, optimizer and gradient
+    all-reduce stay fp32; matmuls run in bf16), otherwise nothing."""
+    import contextlib
+
+    import torch
+
+    if tcfg.precision != "amp_bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 def deepspeed_config(tcfg: TrainConfig, world_size: int, on_gpu: bool) -> dict:
@@ -503,7 +516,8 @@ def _train_worker(config: dict) -> None:
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     live = open(metrics_path, "a", encoding="utf-8") if rank == 0 else None
 
-    say(f"{int(counts[0])} rows on {world} workers, ZeRO-{tcfg.zero_stage}, {'bf16' if bf16 else 'fp32'}, "
+    precision = "bf16" if bf16 else "fp32 + bf16 autocast" if tcfg.precision == "amp_bf16" else "fp32"
+    say(f"{int(counts[0])} rows on {world} workers, ZeRO-{tcfg.zero_stage}, {precision}, "
         f"{total_steps} steps × {tcfg.grad_accum} micro-batches/worker, lr {tcfg.lr:g}, "
         f"{sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters() if p.requires_grad):,} trainable params")
 
@@ -521,7 +535,8 @@ def _train_worker(config: dict) -> None:
         for micro in schedule[step * ga:(step + 1) * ga]:
             batch_examples = [examples[i] for i in micro]
             batch = {k: v.to(device) for k, v in collate(batch_examples, tokenizer.pad_token_id).items()}
-            loss = engine(**batch, use_cache=False).loss
+            with autocast_context(tcfg, device):
+                loss = engine(**batch, use_cache=False).loss
             engine.backward(loss)
             engine.step()
             real, pad, target = batch_stats(batch_examples)
