@@ -70,8 +70,9 @@ def test_write_report_files_with_embedded_plots(tmp_path):
     page = (tmp_path / "report.html").read_text()
     images = re.findall(r'alt="(\w+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert [name for name, _ in images] == ["accuracy", "pass_rates", "selected"]
-    for _, data in images:
+    for name, data in images:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / "plots" / f"{name}.png").read_bytes() == base64.b64decode(data)  # the same figure as a file
     assert "untrained" in page and "0.550" in page
 
 

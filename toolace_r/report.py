@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
+PLOTS_DIR = "plots"
 ITER_STAGES = ("probe", "select", "corpus", "train", "eval")
 TRAIN_KEYS = ("loss_first", "loss_last", "tokens_per_s", "train_tokens", "steps", "padding_fraction", "wall_s")
 
@@ -260,7 +261,8 @@ final model <code>{_fmt(report.get('final_model'))}</code></p>
 
 
 def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Any]:
-    """Rebuild RUN_DIR/report.json and RUN_DIR/report.html from RUN_DIR/state.json; returns the report object."""
+    """Rebuild RUN_DIR/report.json, RUN_DIR/report.html and RUN_DIR/plots/*.png from RUN_DIR/state.json; returns
+    the report object."""
     run_dir = Path(run_dir)
     state_path = run_dir / STATE_FILE
     state = rio.read_json(state_path) if state_path.is_file() else {}
@@ -273,4 +275,7 @@ def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Any]:
             log.warning("report plots failed: %s", err)
             figures = {}
         rio.write_text(run_dir / REPORT_HTML, render_html(report, figures))
+        for name, data in figures.items():  # the same figures as files, for READMEs, slides and dashboards
+            with rio.atomic_path(run_dir / PLOTS_DIR / f"{name}.png") as tmp:
+                tmp.write_bytes(base64.b64decode(data))
     return report
