@@ -37,7 +37,7 @@ from toolace_r.calls import check  # noqa: E402
 from toolace_r.config import BuiltinPoolConfig, TinyModelConfig  # noqa: E402
 from toolace_r.data import prompts  # noqa: E402
 from toolace_r.data.pool import load_builtin, pool_texts  # noqa: E402
-from toolace_r.models import build_tiny_model, load_model, write_meta  # noqa: E402
+from toolace_r.models import build_tiny_model, load_model, read_meta, write_meta  # noqa: E402
 from toolace_r.refine import RefineItem, RoundStats, adaptive_refine  # noqa: E402
 from toolace_r.refine_corpus import direct_row, refine_row  # noqa: E402
 
@@ -198,7 +198,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", choices=["small", "base"], default="small",
                     help="tiny model to train: small (hidden 64, 2 layers) or base (hidden 128, 4 layers)")
-    ap.add_argument("--model", help="measure this model dir instead of training one (prompt style compact); "
+    ap.add_argument("--model", help="measure this model dir instead of training one (its saved prompt style); "
                     "with --train-s, train it further first")
     ap.add_argument("--save-model", help="save the trained model here (reuse it with --model)")
     args = ap.parse_args()
@@ -215,6 +215,8 @@ def main() -> int:
     train_set, heldout = load_builtin(BuiltinPoolConfig(n_train=4000, n_heldout=200, seed=args.seed))
     training: dict = {}
     if args.model:  # an existing model dir (e.g. iter_NNN/model of a `toolace-r run`, or --save-model of a run)
+        global STYLE
+        STYLE = read_meta(args.model).get("prompt_style", STYLE)  # the prompts the model was trained on
         model, tok = load_model(args.model, dtype="float32", device="cpu")
         training = {"model": args.model}
         if args.train_s:  # continue training it
