@@ -282,3 +282,26 @@ def test_cached_batch_crop_and_select_keep_rows_consistent(tokenizer):
         with torch.no_grad():
             ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
         assert torch.allclose(logits[row], ref, atol=1e-4)
+
+
+def test_growing_cache_layer_appends_in_place_like_concatenation():
+    """The refinement cache's layer keeps what DynamicLayer's concatenation would hold, through buffer growth, row
+    selection and crops, while its buffer grows geometrically (appends are not copies of the whole cache)."""
+    from toolace_r.refine import _GrowingLayer
+
+    layer, reference = _GrowingLayer(), None
+    gen = torch.Generator().manual_seed(0)
+    buffers = set()
+    for n in (5, 1, 1, 70, 1, 3):  # crosses the initial 64-slot capacity
+        k, v = torch.randn(3, 2, n, 4, generator=gen), torch.randn(3, 2, n, 4, generator=gen)
+        keys, values = layer.update(k, v)
+        reference = (k, v) if reference is None else tuple(torch.cat([r, x], dim=-2) for r, x in zip(reference, (k, v)))
+        torch.testing.assert_close(keys, reference[0], rtol=0, atol=0)
+        torch.testing.assert_close(values, reference[1], rtol=0, atol=0)
+        buffers.add(layer._k.data_ptr())
+    assert layer.get_seq_length() == 81 and len(buffers) == 2  # one growth (64 → 128 slots) for 81 tokens
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    torch.testing.assert_close(layer.keys, reference[0][[2, 0]], rtol=0, atol=0)
+    layer.crop(-3)
+    assert layer.get_seq_length() == 78
+    torch.testing.assert_close(layer.values, reference[1][[2, 0], :, :78], rtol=0, atol=0)
