@@ -138,3 +138,20 @@ def test_bad_arguments_and_too_long_prompts_raise(generator, prompts):
     with pytest.raises(ToolaceError, match="max_position_embeddings"):
         generator.generate(["x " * 2000], max_new_tokens=4)
     assert generator.generate([], n=3) == []
+
+
+def test_a_model_that_refuses_a_static_cache_falls_back_to_a_dynamic_one(generator, prompts, monkeypatch):
+    """Same answers either way; a model (or transformers version) without static-cache support still decodes."""
+    import transformers
+
+    kwargs = dict(n=2, temperature=0.8, max_new_tokens=8, seed=5, batch_size=4)
+    expected = generator.generate(prompts, **kwargs)
+
+    class Refusing:
+        def __init__(self, *args, **kw):
+            raise TypeError("no static cache for this model")
+
+    fresh = Generator(generator.model, generator.tokenizer)
+    monkeypatch.setattr(transformers, "StaticCache", Refusing)
+    assert fresh.generate(prompts, **kwargs) == expected
+    assert fresh.static_cache is False

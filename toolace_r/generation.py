@@ -45,6 +45,8 @@ class Generator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pad_id: int = self.tokenizer.pad_token_id
         self.stop_ids: set[int] = stop_ids(model, tokenizer)
+        # Preallocated KV caches (see prefix_cache); switched off, with a warning, for a model that refuses them.
+        self.static_cache = True
         # Running totals, for benchmarks and logs: real prompt tokens vs. the padded grid actually computed.
         self.stats = {"prompts": 0, "prompt_tokens": 0, "padded_prompt_tokens": 0, "generated_tokens": 0}
         # transformers 5 renamed `past_key_values` to `cache` and 4.50 `num_logits_to_keep` to `logits_to_keep`.
@@ -130,7 +132,7 @@ class Generator:
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.stop_ids) or None,
             # see prefix_cache: no per-step concatenation of the KV cache (a cache passed in is static already)
-            cache_implementation=None if cache_given else "static",
+            cache_implementation="static" if self.static_cache and not cache_given else None,
             **sampling,
         )
 
@@ -139,6 +141,21 @@ class Generator:
         self, input_ids, attention_mask, draws, greedy, temperature, top_p, max_new_tokens, logits_processor, share_prefix
     ) -> torch.Tensor:
         """Generated token ids, `draws` consecutive rows per prompt, prompt columns cut off."""
+        args = (input_ids, attention_mask, draws, greedy, temperature, top_p, max_new_tokens, logits_processor,
+                share_prefix)
+        if not self.static_cache:
+            return self._generate_rows(*args)
+        try:
+            return self._generate_rows(*args)
+        except (TypeError, ValueError, NotImplementedError) as err:  # not out-of-memory: that is a RuntimeError
+            log.warning("%s does not take a static KV cache (%s: %s); decoding with a dynamic one",
+                        type(self.model).__name__, type(err).__name__, err)
+            self.static_cache = False
+            return self._generate_rows(*args)
+
+    def _generate_rows(
+        self, input_ids, attention_mask, draws, greedy, temperature, top_p, max_new_tokens, logits_processor, share_prefix
+    ) -> torch.Tensor:
         device = self.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         prompt_len = input_ids.shape[1]
@@ -149,8 +166,9 @@ class Generator:
         if logits_processor is not None:
             kwargs["logits_processor"] = logits_processor
         if shared:
-            kwargs[self._cache_arg] = self.prefix_cache(input_ids, attention_mask, copies=draws,
-                                                        max_cache_len=prompt_len + max_new_tokens)
+            kwargs[self._cache_arg] = self.prefix_cache(
+                input_ids, attention_mask, copies=draws,
+                max_cache_len=prompt_len + max_new_tokens if self.static_cache else None)
             input_ids = input_ids.repeat_interleave(draws, dim=0)
             attention_mask = attention_mask.repeat_interleave(draws, dim=0)
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
