@@ -124,7 +124,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small pool (≤ 3 min)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "probe_throughput.json"))
-    ap.add_argument("--samples", type=int, help="pool size (default 48, quick 16)")
+    ap.add_argument("--samples", type=int, help="pool size (default 192: enough to amortise ~5 s of actor start-up, "
+                    "as a real pool of thousands does; quick 16)")
     ap.add_argument("--k", type=int, help="answers per sample (default 8, quick 4)")
     ap.add_argument("--max-new-tokens", type=int, help="default 48, quick 32")
     ap.add_argument("--batch-size", type=int, default=8, help="Ray Data batch (samples per actor call)")
@@ -133,7 +134,7 @@ def main() -> int:
                     help="torch threads for the in-process arms (1 was fastest on the shared 2-core box)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    n = args.samples or (16 if args.quick else 48)
+    n = args.samples or (16 if args.quick else 192)
     k = args.k or (4 if args.quick else 8)
     gen = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": args.max_new_tokens or (32 if args.quick else 48)}
 
