@@ -143,11 +143,11 @@ class Generator:
         """Generated token ids, `draws` consecutive rows per prompt, prompt columns cut off."""
         args = (input_ids, attention_mask, draws, greedy, temperature, top_p, max_new_tokens, logits_processor,
                 share_prefix)
-        if not self.static_cache:
-            return self._generate_rows(*args)
         try:
             return self._generate_rows(*args)
         except (TypeError, ValueError, NotImplementedError) as err:  # not out-of-memory: that is a RuntimeError
+            if not self.static_cache:
+                raise
             log.warning("%s does not take a static KV cache (%s: %s); decoding with a dynamic one",
                         type(self.model).__name__, type(err).__name__, err)
             self.static_cache = False

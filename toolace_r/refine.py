@@ -94,13 +94,9 @@ def stop_ids(model: Any, tokenizer: Any) -> set[int]:
 def _grow_in_place(cache: Any) -> None:
     """Swap the plain full-attention layers of a DynamicCache for `_GrowingLayer`s (sliding-window and other special
     layers stay as they are). Transformers versions without per-layer caches keep the plain cache."""
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:
-        return
     layers = getattr(cache, "layers", None)
-    if isinstance(layers, list):
-        cache.layers = [_GrowingLayer() if type(layer) is DynamicLayer else layer for layer in layers]
+    if _DynamicLayer is not object and isinstance(layers, list):
+        cache.layers = [_GrowingLayer() if type(layer) is _DynamicLayer else layer for layer in layers]
 
 
 try:
