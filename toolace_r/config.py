@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from toolace_r.data.prompts import SYSTEM_TEMPLATES
 from toolace_r.errors import ConfigError
 
 
@@ -228,7 +229,7 @@ class Config:
 
 _CHOICES = {
     "model.dtype": {"auto", "float32", "bfloat16", "float16"},
-    "model.prompt_style": {"toolace", "compact", "signature"},
+    "model.prompt_style": set(SYSTEM_TEMPLATES),  # every style prompts.py can render
     "pool.format": {"auto", "toolace", "sharegpt", "openai", "bfcl", "apibank", "toolrl", "samples"},
     "pool.on_error": {"raise", "skip"},
     "probe.decoder": {"lenient", "bfcl"},
