@@ -38,6 +38,8 @@ CASES = {
     "broken": lambda prev: "[f(x=",  # unparseable, the same every round: never counts as stable
     "nocall": lambda prev: prompts.NO_CALL_ANSWER,  # no call twice = stable
     "long": lambda prev: "[f(x=1), f(x=2), f(x=3), f(x=4)]",
+    # round 2 edits the first call and keeps the rest: after the edit the answer rejoins the draft
+    "edit": lambda prev: "[f(x=1), f(x=2), f(x=3), f(x=4)]" if prev is None else "[f(x=9), f(x=2), f(x=3), f(x=4)]",
 }
 
 
@@ -187,6 +189,19 @@ def test_draft_is_partly_accepted_then_decoding_continues(tokenizer):
     assert stats[2].forward_passes > 1
 
 
+def test_after_an_edit_the_rest_of_the_draft_is_verified_in_bulk(tokenizer):
+    """An answer that changes one value early and then rejoins its previous answer: the draft's continuation is
+    proposed again after the edit (prompt-lookup), so round 2 takes far fewer passes than it has tokens."""
+    model = _scripted(tokenizer)
+    stats: dict[int, RoundStats] = {}
+    (res,) = _refine(model, tokenizer, [_item("edit")], max_rounds=2, stats=stats)
+    assert res.answers == ["[f(x=1), f(x=2), f(x=3), f(x=4)]", "[f(x=9), f(x=2), f(x=3), f(x=4)]"]
+    n = len(tokenizer(res.answers[1], add_special_tokens=False)["input_ids"]) + 1
+    assert stats[2].tokens_generated == n
+    assert stats[2].forward_passes <= n // 4, (stats[2].forward_passes, n)
+    assert stats[2].draft_accepted >= 0.75 * n  # all but the edited value and one token per pass
+
+
 def test_bad_arguments_are_refused(tokenizer):
     model = _scripted(tokenizer)
     with pytest.raises(ValueError, match="max_rounds"):
@@ -208,7 +223,7 @@ def _all_modes(model, tokenizer, items, **kw):
 
 def test_prefix_reuse_and_draft_verification_equal_plain_decoding_scripted(tokenizer):
     model = _scripted(tokenizer)
-    cases = ["flip", "stable", "fix", "broken", "nocall", "partial", "long"]
+    cases = ["flip", "stable", "fix", "broken", "nocall", "partial", "long", "edit"]
     items = [_item(c, filler="y " * (3 * i)) for i, c in enumerate(cases)]
     modes = _all_modes(model, tokenizer, items, max_rounds=4, batch_size=4)
     plain, plain_stats = modes[(False, False)]

@@ -190,9 +190,11 @@ class CachedBatch:
     def rows(self) -> int:
         return len(self.seqs)
 
-    def feed(self, segments: list[list[int]], keep: int = 1) -> torch.Tensor:
+    def feed(self, segments: list[list[int]], keep: int = 1, right_aligned: bool = False) -> torch.Tensor:
         """Append segments[b] to row b (empty = nothing for that row) in one forward pass; return the logits of the
-        last `keep` positions, [rows, keep, vocab]. Segments are left-padded so every row's last token sits at -1."""
+        last `keep` positions, [rows, keep, vocab]. Segments are left-padded so every row's last token sits at -1;
+        `right_aligned` pads on the right instead (row b's tokens at 0..len-1: ask for keep = the widest segment), so
+        that holes left by rejected tokens gather at the end of the cache, where `trim` removes them."""
         width = max(len(s) for s in segments)
         if width == 0:
             raise ValueError("feed() needs at least one token")
@@ -202,15 +204,17 @@ class CachedBatch:
         new_mask = torch.zeros((self.rows, width), dtype=torch.long)
         positions = torch.zeros((self.rows, width), dtype=torch.long)
         for b, seg in enumerate(segments):
+            n = len(self.seqs[b])
             if not seg:
-                positions[b, :] = max(len(self.seqs[b]) - 1, 0)
+                positions[b, :] = max(n - 1, 0)
                 continue
-            off = width - len(seg)
-            ids[b, off:] = torch.tensor(seg, dtype=torch.long)
-            new_mask[b, off:] = 1
-            positions[b, :off] = len(self.seqs[b])
-            positions[b, off:] = torch.arange(len(self.seqs[b]), len(self.seqs[b]) + len(seg))
-            self.slots[b].extend(range(start + off, start + width))
+            off = 0 if right_aligned else width - len(seg)
+            real = slice(off, off + len(seg))
+            ids[b, real] = torch.tensor(seg, dtype=torch.long)
+            new_mask[b, real] = 1
+            positions[b, :] = n  # pads: any position, they are masked
+            positions[b, real] = torch.arange(n, n + len(seg))
+            self.slots[b].extend(range(start + off, start + off + len(seg)))
             self.seqs[b].extend(seg)
         self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
         out = self.model(
@@ -223,6 +227,16 @@ class CachedBatch:
         )
         self.forward_calls += 1
         return out.logits[:, -keep:, :]
+
+    def trim(self) -> None:
+        """Drop the cache's trailing slots that are holes in every row (rejected draft tokens, right padding), so that
+        speculation does not leave the attention a growing tail of masked slots to read."""
+        live = self.mask.any(dim=0).nonzero()
+        end = int(live[-1]) + 1 if live.numel() else 0
+        extra = self.mask.shape[1] - end
+        if extra > 0 and self.cache.get_seq_length() == self.mask.shape[1]:
+            self.cache.crop(-extra)
+            self.mask = self.mask[:, :end]
 
     def crop(self, b: int, length: int) -> None:
         """Keep only the first `length` tokens of row b's sequence (the rest become holes in the mask)."""
@@ -262,6 +276,26 @@ class _Picker:
         return torch.multinomial(flat, 1, generator=self.generator).reshape(probs.shape[:-1])
 
 
+_LOOKUP_START, _LOOKUP_MAX = 4, 32  # draft tokens proposed per pass after a disagreement (see _decode_round)
+
+
+def _lookup(out: list[int], draft: list[int], after: int, ngram: int = 3) -> tuple[list[int], int]:
+    """Where the answer so far has rejoined the draft: the draft's tokens after the latest `ngram`..1 tokens of `out`,
+    searched from draft position `after` on (an edited answer moves forward through the draft), else from the start.
+    Returns (proposal, the draft position the proposal starts at); ([], after) when nothing matches.
+
+    Why: a refined answer that changes is mostly a small edit of the previous one (one argument's value, one call
+    more or less). After the edit the model rejoins its previous answer, and the rest of the draft can be verified
+    in one pass again (prompt-lookup decoding, with the previous answer as the lookup text)."""
+    for n in range(min(ngram, len(out)), 0, -1):
+        tail = out[-n:]
+        for lo in (after, 0):
+            for j in range(max(lo, n), len(draft)):
+                if draft[j - n:j] == tail:
+                    return draft[j:], j
+    return [], after
+
+
 def _decode_round(
     batch: CachedBatch,
     segments: list[list[int]],
@@ -273,47 +307,67 @@ def _decode_round(
     passes: list[int],
 ) -> list[list[int]]:
     """One answer per row: feed each row's new prompt tokens (+ its draft), then decode until EOS or the token limit.
-    Returns the generated ids per row (EOS included when reached). `passes[b]` counts forward passes row b took part in."""
+    Returns the generated ids per row (EOS included when reached). `passes[b]` counts forward passes row b took part in.
+
+    With drafts (greedy only), every pass verifies a proposal per row: the whole draft right after the prompt, and
+    after a disagreement the draft's continuation from where the answer rejoins it (`_lookup`). A row accepts the
+    longest proposal prefix its own argmax agrees with, plus the model's token after it — so the answer equals plain
+    one-token-at-a-time decoding, in fewer passes."""
     rows = batch.rows
-    drafts = drafts or [[] for _ in range(rows)]
-    drafts = [d[:max_new_tokens] for d in drafts]
-    keep = max(len(d) for d in drafts) + 1
-    prompt_lens = [len(batch.seqs[b]) + len(segments[b]) for b in range(rows)]
-    logits = batch.feed([segments[b] + drafts[b] for b in range(rows)], keep=keep)
-    stats.forward_passes += 1
-    stats.tokens_fed += sum(len(segments[b]) + len(drafts[b]) for b in range(rows))
-    choice = pick(logits)  # [rows, keep]
-    outs: list[list[int]] = []
-    done = []
-    for b in range(rows):
-        passes[b] += 1
-        d = drafts[b]
-        preds = choice[b, keep - len(d) - 1:].tolist()  # preds[i] = the model's token after prompt + d[:i]
-        accepted = 0
-        while accepted < len(d) and preds[accepted] == d[accepted]:
-            accepted += 1
-        stats.draft_tokens += len(d)
-        stats.draft_accepted += accepted
-        out = list(d[:accepted])
-        finished = bool(out) and (out[-1] in eos or len(out) >= max_new_tokens)
-        if not finished:
-            out.append(preds[accepted])
-            # the draft tokens after the accepted ones were fed but are not part of this row's sequence
-            batch.crop(b, prompt_lens[b] + accepted)
-        outs.append(out)
-        done.append(out[-1] in eos or len(out) >= max_new_tokens)
+    drafts = [d[:max_new_tokens] for d in drafts] if drafts else [[] for _ in range(rows)]
+    outs: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    cursor = [0] * rows  # per row: how far into its draft the last proposal started
+    # per row: how many draft tokens to propose after the first pass. Every proposed token is computed for the whole
+    # batch width, so the length adapts as in assisted generation: doubles while proposals are taken whole, halves
+    # when they are not (a row whose answer went its own way stops paying for long proposals)
+    budget = [_LOOKUP_START] * rows
+    heads = segments  # what each row feeds before its proposal: the new prompt tokens, then its last token
+    proposals = drafts
+    first = True
     while not all(done):
-        step = [[] if done[b] else [outs[b][-1]] for b in range(rows)]
-        logits = batch.feed(step, keep=1)
+        feeds = [[] if done[b] else heads[b] + proposals[b] for b in range(rows)]
+        lengths = [len(batch.seqs[b]) + len(heads[b]) for b in range(rows)]  # a row's length before its proposal
+        keep = max(len(proposals[b]) for b in range(rows) if not done[b]) + 1
+        # the first pass's heads are prompt segments of different lengths: left-aligned, logits of the tail only;
+        # after it every head is one token, and right alignment lets `trim` drop the rejected tokens' slots
+        logits = batch.feed(feeds, keep=keep, right_aligned=not first)
         stats.forward_passes += 1
-        stats.tokens_fed += sum(len(s) for s in step)
-        nxt = pick(logits[:, -1, :]).tolist()
+        stats.tokens_fed += sum(len(f) for f in feeds)
+        choice = pick(logits).tolist()  # [rows, keep]
         for b in range(rows):
             if done[b]:
                 continue
             passes[b] += 1
-            outs[b].append(int(nxt[b]))
+            prop = proposals[b]
+            # preds[i] = the model's token after head + prop[:i]
+            preds = choice[b][keep - len(prop) - 1:] if first else choice[b][:len(prop) + 1]
+            accepted = 0
+            while accepted < len(prop) and preds[accepted] == prop[accepted]:
+                accepted += 1
+                if prop[accepted - 1] in eos or len(outs[b]) + accepted >= max_new_tokens:
+                    break  # the answer ends inside the proposal
+            stats.draft_tokens += len(prop)
+            stats.draft_accepted += accepted
+            if not first and prop:
+                budget[b] = min(2 * budget[b], _LOOKUP_MAX) if accepted == len(prop) else max(1, budget[b] // 2)
+            outs[b].extend(prop[:accepted])
+            finished = bool(outs[b]) and (outs[b][-1] in eos or len(outs[b]) >= max_new_tokens)
+            if not finished:
+                outs[b].append(preds[accepted])
+                # the proposal tokens after the accepted ones were fed but are not part of this row's sequence
+                batch.crop(b, lengths[b] + accepted)
             done[b] = outs[b][-1] in eos or len(outs[b]) >= max_new_tokens
+        batch.trim()
+        first = False
+        heads = [[o[-1]] if o else [] for o in outs]
+        proposals = []
+        for b in range(rows):
+            prop: list[int] = []
+            if not done[b] and drafts[b]:
+                prop, cursor[b] = _lookup(outs[b], drafts[b], cursor[b])
+                prop = prop[:min(budget[b], max_new_tokens - len(outs[b]))]
+            proposals.append(prop)
     stats.tokens_generated += sum(len(o) for o in outs)
     return outs
 
