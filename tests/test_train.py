@@ -313,3 +313,20 @@ def test_token_budget_schedule_stops_at_the_budget():
     per_step = [sum(lengths[i] for b in schedule[s * 2:(s + 1) * 2] for i in b) for s in range(steps)]
     assert sum(per_step) >= 7000 > sum(per_step[:-1])  # stops at the first step that reaches the budget
     assert sum(per_step) > sum(lengths)  # more than one epoch was needed, and taken
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_workers_that_take_every_cpu_still_get_their_data(ray_local, tiny_model_dir, tmp_path):
+    """2 workers × 1 CPU on a 2-CPU Ray: no CPU is left for Ray Data tasks once the workers start, so the shards are
+    split in the driver before fit(). An odd number of rows (an equal split must cut a block: a Ray Data task) used
+    to hang here."""
+    from toolace_r.config import BuiltinPoolConfig
+    from toolace_r.data.pool import load_builtin
+    from toolace_r.train import rows_from_samples
+
+    assert ray_local.cluster_resources().get("CPU") == 2
+    samples, _ = load_builtin(BuiltinPoolConfig(n_train=401, n_heldout=0, seed=0))
+    cfg = _cfg(2, **{"train.max_steps": "2", "train.epochs": "1", "train.checkpoint_every": "0"})
+    result = train(cfg, str(tiny_model_dir), rows_from_samples(samples, "compact"), str(tmp_path / "all_cpus"))
+    assert result["steps"] == 2 and result["rows"] == 400  # an equal split of 401 rows drops one

@@ -648,20 +648,22 @@ def _wait_until_report_collected(timeout_s: float = 120.0) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------------------------------------
-def _deterministic_split():
-    """DataConfig whose shards are `Dataset.split(world, equal=True)`: the same rows for a worker on every attempt
-    (the default streaming split hands out blocks first-come, first-served)."""
+def _presplit(dataset: Any, world_size: int):
+    """DataConfig that hands worker i the i-th part of `Dataset.split(world, equal=True)`, split here in the driver.
+
+    Deterministic: the same rows for a worker on every attempt (the default streaming split hands out blocks
+    first-come, first-served). Split before `fit()`: once the workers hold every CPU of the cluster, a split that
+    needs Ray Data tasks would wait for a free CPU forever (train.num_workers × cpus_per_worker = all CPUs)."""
     from ray.train import DataConfig
 
-    class DeterministicSplit(DataConfig):
-        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-            out = [{} for _ in range(world_size)]
-            for name, ds in datasets.items():
-                for i, part in enumerate(ds.split(world_size, equal=True)):
-                    out[i][name] = part.iterator()
-            return out
+    parts = dataset.split(world_size, equal=True)
 
-    return DeterministicSplit()
+    class PreSplit(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            shards = parts if world_size == len(parts) else datasets["train"].split(world_size, equal=True)
+            return [{"train": shard.iterator()} for shard in shards]
+
+    return PreSplit()
 
 
 def _mean(values: list[float]) -> float:
@@ -726,7 +728,7 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
                                      resources_per_worker=resources, placement_strategy=tcfg.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
         datasets={"train": dataset},
-        dataset_config=_deterministic_split(),
+        dataset_config=_presplit(dataset, tcfg.num_workers),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=tcfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
