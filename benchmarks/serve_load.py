@@ -1,7 +1,7 @@
 """Load test of the OpenAI-compatible server: does batching inside a replica pay off?
 
 One replica (min = max = 1, so autoscaling does not blur the comparison) serves the same model twice: with
-`serve.batching=true` (concurrent requests share forward passes via @serve.batch + batched adaptive refinement) and
+`serve.batching=true` (concurrent requests share forward passes via the replica's batch queue + batched adaptive refinement) and
 with `serve.batching=false` (one request per model call). At concurrency 1, 4 and 16, closed-loop clients send
 requests through the official `openai` client; we report requests/s, p50/p99 latency and the mean number of
 refinement rounds the server reports. Headline: `batching_speedup` = requests/s with / without batching at
@@ -58,6 +58,27 @@ def openai_messages(messages: list[dict]) -> list[dict]:
     return out
 
 
+class RawClient:
+    """A load generator lighter than the openai client: one keep-alive `requests` session per thread, the same JSON
+    body on the wire, the response read with `json`. On a 2-core machine that also runs the proxy and the replica,
+    the openai client's own CPU per request (request building, pydantic parsing) is a large share of the total."""
+
+    def __init__(self, base_url: str):
+        import threading
+
+        self.url = base_url + "/chat/completions"
+        self.local = threading.local()
+
+    def create(self, **body) -> dict:
+        import requests
+
+        session = getattr(self.local, "session", None) or requests.Session()
+        self.local.session = session
+        resp = session.post(self.url, json=body, timeout=600)
+        resp.raise_for_status()
+        return resp.json()
+
+
 def level(client, n_requests: int, concurrency: int, max_rounds: int) -> dict:
     """Closed loop: `concurrency` clients, `n_requests` in all. Latencies per request, wall time for all."""
     bodies = [(tools, openai_messages(msgs)) for tools, msgs, _ in EXAMPLES]
@@ -65,6 +86,9 @@ def level(client, n_requests: int, concurrency: int, max_rounds: int) -> dict:
     def one(i: int) -> tuple[float, int]:
         tools, messages = bodies[i % len(bodies)]
         start = time.perf_counter()
+        if isinstance(client, RawClient):
+            resp = client.create(model="toolace-r", messages=messages, tools=tools, max_refine_rounds=max_rounds)
+            return time.perf_counter() - start, resp["toolace_r"]["refinement_rounds"]
         resp = client.chat.completions.create(model="toolace-r", messages=messages, tools=tools,
                                               extra_body={"max_refine_rounds": max_rounds})
         return time.perf_counter() - start, resp.model_extra["toolace_r"]["refinement_rounds"]
@@ -137,6 +161,8 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=3, help="max_refine_rounds sent with every request")
     parser.add_argument("--batch-wait", type=float, default=None,
                         help="serve.batch_wait_timeout_s for the batching variant (default: the config's)")
+    parser.add_argument("--client", choices=["openai", "raw"], default="openai",
+                        help="load generator: the official openai client, or plain keep-alive HTTP (RawClient)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
     args = parser.parse_args()
 
@@ -166,8 +192,9 @@ def main() -> None:
             overrides.append(f"serve.batch_wait_timeout_s={args.batch_wait}")
         serve.run(build_application(load_config(None, overrides)), name=name, route_prefix=f"/{name}",
                   blocking=False)
-        clients[batching] = OpenAI(base_url=f"http://127.0.0.1:{port}/{name}/v1", api_key="-", max_retries=0,
-                                   timeout=600)
+        base_url = f"http://127.0.0.1:{port}/{name}/v1"
+        clients[batching] = (RawClient(base_url) if args.client == "raw" else
+                             OpenAI(base_url=base_url, api_key="-", max_retries=0, timeout=600))
         level(clients[batching], 4, 2, args.max_rounds)  # warm-up: first forward passes, lazy imports
     rows = []
     repeats = 2

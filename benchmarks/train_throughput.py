@@ -95,7 +95,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rows and steps (≤ 3 min)")
     parser.add_argument("--zero", type=int, default=2, choices=[0, 1, 2, 3])
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/train_throughput.json"))
-    parser.add_argument("--steps", type=int, help="optimizer steps (default 10 quick / 100 full)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default 30 quick / 100 full)")
     parser.add_argument("--micro", type=int, help="tokens per micro-batch per worker (default 1024 quick / 4096 full)")
     parser.add_argument("--cpu-only", action="store_true",
                         help="skip the 2-thread bare loop (it crawls on an oversubscribed machine): overhead_cpu only")
@@ -108,7 +108,7 @@ def main() -> int:
     from toolace_r.models import build_tiny_model
     from toolace_r.train import rows_from_samples, train
 
-    n_rows, steps, micro = (300, 10, 1024) if args.quick else (2000, 100, 4096)
+    n_rows, steps, micro = (300, 30, 1024) if args.quick else (2000, 100, 4096)
     steps, micro = args.steps or steps, args.micro or micro
     n_rows = max(n_rows, steps * 2 * micro // 150)  # enough rows for `steps` without a second epoch (~150 tok/row)
     workers = 2

@@ -89,16 +89,24 @@ def _cache_key() -> str:
     return hashlib.sha256(source + f"{torch.__version__}/{transformers.__version__}".encode()).hexdigest()[:16]
 
 
-def calling_model(cache_root: str | Path | None = None) -> Path:
-    """The memorising model, trained once per (this file, prompts.py, torch, transformers) and kept under
-    `cache_root` (default ~/.cache/toolace-r/test-models): training costs a few seconds on an idle 2-core machine,
-    minutes on a busy one."""
+# Model shapes: "tiny" (~60 k parameters) for the tests; "small" (~3.5 M) for benchmarks/serve_load.py, where a
+# forward pass must cost more than the HTTP round trip around it, as any real model's does.
+SHAPES = {
+    "tiny": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+    "small": dict(vocab_size=512, hidden_size=256, num_layers=4, num_heads=8, intermediate_size=1024),
+}
+
+
+def calling_model(cache_root: str | Path | None = None, size: str = "tiny") -> Path:
+    """The memorising model, trained once per (this file, prompts.py, torch, transformers, size) and kept under
+    `cache_root` (default ~/.cache/toolace-r/test-models): training costs seconds (tiny) to a minute (small) on an
+    idle 2-core machine, several times that on a busy one."""
     root = Path(cache_root or os.environ.get("TOOLACE_TEST_CACHE", Path.home() / ".cache" / "toolace-r" / "test-models"))
-    target = root / f"calling-{_cache_key()}"
+    target = root / f"calling-{_cache_key()}" if size == "tiny" else root / f"calling-{size}-{_cache_key()}"
     if (target / "done").is_file():
         return target
     tmp = Path(tempfile.mkdtemp(prefix="calling-", dir=root.mkdir(parents=True, exist_ok=True) or root))
-    build_calling_model(tmp)
+    build_calling_model(tmp, size=size)
     (tmp / "done").write_text("ok")
     try:
         tmp.rename(target)
@@ -107,7 +115,7 @@ def calling_model(cache_root: str | Path | None = None) -> Path:
     return target
 
 
-def build_calling_model(out_dir: str | Path, max_steps: int = 400, seed: int = 0) -> Path:
+def build_calling_model(out_dir: str | Path, max_steps: int = 400, seed: int = 0, size: str = "tiny") -> Path:
     """Train the memorising model into `out_dir` until its greedy answers are the examples' answers."""
     from toolace_r.models import build_tiny_model, load_model
 
@@ -115,8 +123,7 @@ def build_calling_model(out_dir: str | Path, max_steps: int = 400, seed: int = 0
     texts = []
     for first, refine, answer in pairs:
         texts += [json.dumps(first), json.dumps(refine), answer]
-    cfg = TinyModelConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
-                          max_position_embeddings=1024, seed=seed)
+    cfg = TinyModelConfig(**SHAPES[size], max_position_embeddings=1024, seed=seed)
     out = build_tiny_model(out_dir, texts, cfg, "compact")
     model, tok = load_model(str(out), dtype="float32", device="cpu")
     rows = []
@@ -135,7 +142,7 @@ def build_calling_model(out_dir: str | Path, max_steps: int = 400, seed: int = 0
         labels[i, len(p): len(seq)] = torch.tensor(t)
         mask[i, : len(seq)] = 1
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2 if size == "tiny" else 2e-3)
     start, step = time.time(), 0
     while step < max_steps:
         model.train()

@@ -185,7 +185,7 @@ class ServeConfig:
     num_gpus: float = 0.0
     batching: bool = True
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.02
+    batch_wait_timeout_s: float = 0.005  # how long a request that finds the model idle waits for company
     max_rounds: int = 3
     max_new_tokens: int = 256
     max_body_bytes: int = 1_000_000

@@ -8,7 +8,7 @@ Layout of a replica (one Ray Serve deployment, FastAPI ingress, autoscaled):
 
     HTTP → auth → body size → JSON → pydantic (OpenAI schema) → convert to the project's tools/messages → render the
     prompt and check its length  ──(everything above is per request and can only fail with a 4xx)──
-    → @serve.batch queue → one worker thread runs adaptive_refine on the whole batch → parse calls → OpenAI response
+    → batch queue (BatchQueue) → one worker thread runs adaptive_refine on the whole batch → parse calls → OpenAI response
 
 The model is loaded once per replica; requests that arrive together share forward passes (`serve.batching`); the
 model runs in one worker thread so the event loop keeps answering health checks and validating requests meanwhile.
@@ -36,13 +36,13 @@ Decisions where the OpenAI API leaves room (all visible in the response or docum
 import asyncio
 import hashlib
 import hmac
-import inspect
 import json
 import logging
 import os
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -427,35 +427,87 @@ class Engine:
             return err
 
     def _answer(self, jobs: list[Job], max_rounds: int, max_new_tokens: int, temperature: float) -> list[Outcome]:
-        try:
-            from toolace_r.refine import RefineItem, adaptive_refine
-        except ImportError:  # refine module not landed yet: one greedy/sampled pass, no refinement
-            return self._single_pass(jobs, max_new_tokens, temperature)
+        from toolace_r.refine import RefineItem, adaptive_refine
+
         items = [RefineItem(tools=j.tools, messages=j.messages) for j in jobs]
-        extra = {"batch_size": len(items)} if "batch_size" in inspect.signature(adaptive_refine).parameters else {}
         results = adaptive_refine(self.model, self.tokenizer, items, max_rounds=max_rounds,
                                   max_new_tokens=max_new_tokens, style=self.style, draft_verify=self.draft_verify,
-                                  reuse_prefix=self.reuse_prefix, temperature=temperature, **extra)
+                                  reuse_prefix=self.reuse_prefix, temperature=temperature, batch_size=len(items))
         outs = []
         for res in results:
             calls, error = (res.calls, None) if res.calls is not None else parse_answer(res.answer)
             outs.append(Outcome(res.answer, calls, res.rounds, res.tokens, error, res.forward_passes))
         return outs
 
-    def _single_pass(self, jobs: list[Job], max_new_tokens: int, temperature: float) -> list[Outcome]:
-        from toolace_r.generation import Generator
-
-        gens = Generator(self.model, self.tokenizer).generate(
-            [self.prompt(j.tools, j.messages) for j in jobs], n=1, temperature=temperature,
-            max_new_tokens=max_new_tokens, batch_size=max(1, len(jobs)))
-        outs = []
-        for (gen,) in gens:
-            calls, error = parse_answer(gen.text)
-            outs.append(Outcome(gen.text, calls, 1, gen.n_tokens, error, 0))
-        return outs
-
 
 # ---------------------------------------------------------------------------------------------------------------------
+class BatchQueue:
+    """Continuous batching in front of the engine: requests that arrive while a batch runs wait here, and all of them
+    (up to `max_batch_size`) form the next batch the moment the engine is free. A request that finds the engine idle
+    waits at most `wait_s` for company (requests sent together by one agent or by a burst of clients).
+
+    Why not `@serve.batch`: it forms a batch every `batch_wait_timeout_s` whether or not the model is free, and the
+    batches queue behind the running one; at 16 concurrent clients its batches averaged 6 requests while the model was
+    busy (benchmarks/serve_load.py). Here a batch is formed when the model can take it, so it holds everything that
+    arrived during the previous one.
+    """
+
+    def __init__(self, run: Callable[[list[Job]], Awaitable[list[Outcome | BaseException]]], max_batch_size: int,
+                 wait_s: float):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.run = run
+        self.max_batch_size = max_batch_size
+        self.wait_s = max(0.0, wait_s)
+        self._pending: list[tuple[Job, asyncio.Future]] = []
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.batch_sizes: list[int] = []
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    async def submit(self, job: Job) -> Outcome | BaseException:
+        """Queue one job and wait for its outcome (an exception object when the engine failed on it)."""
+        loop = asyncio.get_running_loop()
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        future = loop.create_future()
+        self._pending.append((job, future))
+        self._arrived.set()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._serve_forever())
+        return await future
+
+    async def _serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            deadline = loop.time() + self.wait_s
+            while len(self._pending) < self.max_batch_size and loop.time() < deadline:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
+                except asyncio.TimeoutError:
+                    break
+            batch = [(job, fut) for job, fut in self._pending[:self.max_batch_size] if not fut.done()]
+            del self._pending[:self.max_batch_size]
+            if not batch:  # every caller of this slice went away (client disconnects cancel their futures)
+                continue
+            self.batch_sizes.append(len(batch))
+            try:
+                outcomes = await self.run([job for job, _ in batch])
+            except Exception as err:  # noqa: BLE001 - each waiting request gets a 500, the queue keeps serving
+                log.exception("batch of %d failed outside the engine", len(batch))
+                outcomes = [err] * len(batch)
+            for (_, fut), outcome in zip(batch, outcomes):
+                if not fut.done():
+                    fut.set_result(outcome)
+
+
 # Request handling (no Ray here: the deployment below only wires it to HTTP and the batch queue)
 # ---------------------------------------------------------------------------------------------------------------------
 def check_auth(request: Request, key_sha256: str | None) -> None:
@@ -639,27 +691,23 @@ class ToolaceServer:
                                   reuse_prefix=settings.get("reuse_prefix", True))
         # One thread owns the model: batches run one after another, the event loop stays free for validation.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="toolace-model")
-        self.generate_batch.set_max_batch_size(self.cfg.max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self.queue = BatchQueue(self._run, self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
         log.info("replica ready: model %s (style %s), batching=%s max_batch_size=%d", self.cfg.model,
                  self.engine.style, self.cfg.batching, self.cfg.max_batch_size)
 
     async def _run(self, jobs: list[Job]) -> list[Outcome | BaseException]:
         return await asyncio.get_running_loop().run_in_executor(self.worker, self.engine.run, jobs)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def generate_batch(self, jobs: list[Job]) -> list[Outcome | BaseException]:
-        return await self._run(jobs)
-
     async def generate(self, job: Job) -> Outcome:
-        out = await self.generate_batch(job) if self.cfg.batching else (await self._run([job]))[0]
+        out = await self.queue.submit(job) if self.cfg.batching else (await self._run([job]))[0]
         if isinstance(out, BaseException):
             raise ApiError(500, f"the model failed on this request: {type(out).__name__}: {out}", "server_error")
         return out
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.cfg.model_name, "batches": self.engine.batches}
+        return {"status": "ok", "model": self.cfg.model_name, "batches": self.engine.batches,
+                "queued": self.queue.queued}
 
     @api.get("/v1/models", responses={401: {"model": ErrorResponse, "description": _ERROR_STATUSES[401]}})
     async def models(self, request: Request) -> dict[str, Any]:
