@@ -17,7 +17,9 @@ the KV cache between rounds.
 - Draft verification (greedy only). A model that means to keep its answer will reproduce the previous answer token by
   token. We feed that answer as a draft right after the prompt, in the same forward pass, and accept the longest
   prefix the model's own argmax agrees with (as speculative decoding verifies a draft). The first disagreement is the
-  model's next token; plain decoding continues from there. A stable round then costs one forward pass.
+  model's next token. A stable round then costs one forward pass. After a disagreement the answer often rejoins the
+  draft (one value edited, the rest kept), so each later pass proposes the draft's continuation from where the
+  answer's last tokens occur in it (prompt-lookup decoding on the previous answer) and verifies it the same way.
 
 Batching without moving memory: every row of the batch shares one `DynamicCache`. New tokens of different lengths are
 left-padded into one block; the 2-D attention mask marks pads, rejected draft tokens and dropped suffixes as holes, and
