@@ -8,7 +8,7 @@ Layout of a replica (one Ray Serve deployment, FastAPI ingress, autoscaled):
 
     HTTP → auth → body size → JSON → pydantic (OpenAI schema) → convert to the project's tools/messages → render the
     prompt and check its length  ──(everything above is per request and can only fail with a 4xx)──
-    → batch queue (BatchQueue) → one worker thread runs adaptive_refine on the whole batch → parse calls → OpenAI response
+    → BatchQueue → one worker thread runs adaptive_refine on the whole batch → parse calls → OpenAI response
 
 The model is loaded once per replica; requests that arrive together share forward passes (`serve.batching`); the
 model runs in one worker thread so the event loop keeps answering health checks and validating requests meanwhile.
