@@ -3,9 +3,9 @@
 One replica (min = max = 1, so autoscaling does not blur the comparison) serves the same model twice: with
 `serve.batching=true` (concurrent requests share forward passes: the replica's batch queue + batched adaptive
 refinement) and with `serve.batching=false` (one request per model call). At concurrency 1, 4 and 16, closed-loop
-clients send requests through the official `openai` client (or `--client raw`); we report requests/s, p50/p99 latency and the mean number of
-refinement rounds the server reports. Headline: `batching_speedup` = requests/s with / without batching at
-concurrency 16.
+clients send requests through the official `openai` client (or `--client raw`); we report requests/s, p50/p99
+latency and the mean number of refinement rounds the server reports. Headline: `batching_speedup` = requests/s
+with / without batching at concurrency 16.
 
     python benchmarks/serve_load.py [--quick] [--model DIR] [--out FILE]
 
