@@ -299,6 +299,26 @@ def test_cached_batch_crop_and_select_keep_rows_consistent(tokenizer):
         assert torch.allclose(logits[row], ref, atol=1e-4)
 
 
+def test_right_aligned_feed_and_trim_drop_rejected_slots_and_keep_rows_exact(tokenizer):
+    """Proposals of different lengths fed right-aligned, most of them rejected (cropped): trim() removes the slots
+    that are holes in every row, and each row's next logits still equal a fresh computation of its own sequence."""
+    model = _tiny_llama(tokenizer, 9, hidden=64, layers=2)
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("case:a one two", "x y")]
+    batch = CachedBatch(model, tokenizer.pad_token_id, 2)
+    batch.feed(seqs, keep=1)
+    width = batch.mask.shape[1]
+    batch.feed([[11, 12, 13, 14], [15]], keep=4, right_aligned=True)
+    batch.crop(0, len(seqs[0]) + 2)  # row 0 keeps 2 of its 4 tokens, row 1 its only one
+    batch.trim()
+    assert batch.mask.shape[1] == width + 2 and batch.cache.get_seq_length() == width + 2
+    logits = batch.feed([[9], [9]], keep=1, right_aligned=True)[:, -1]
+    for row, expected_seq in ((0, seqs[0] + [11, 12, 9]), (1, seqs[1] + [15, 9])):
+        assert batch.seqs[row] == expected_seq
+        with torch.no_grad():
+            ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
+        assert torch.allclose(logits[row], ref, atol=1e-4)
+
+
 def test_growing_cache_layer_appends_in_place_like_concatenation():
     """The refinement cache's layer keeps what DynamicLayer's concatenation would hold, through buffer growth, row
     selection and crops, while its buffer grows geometrically (appends are not copies of the whole cache)."""

@@ -474,3 +474,47 @@ def test_batch_queue_engine_failure_reaches_every_waiting_request_and_the_queue_
     failed, after = asyncio.run(scenario())
     assert all(isinstance(f, RuntimeError) for f in failed)
     assert after == "out:c"
+
+
+def test_batch_queue_requests_that_waited_for_a_busy_model_do_not_wait_again():
+    """The idle wait is for a model with nothing to do: requests that queued behind a running batch go at once."""
+    import asyncio
+
+    from toolace_r.serve import BatchQueue
+
+    async def scenario():
+        calls: list[list[str]] = []
+        queue = BatchQueue(_queue_run(0.1, calls), max_batch_size=2, wait_s=0.5)
+        first = [asyncio.create_task(queue.submit(x)) for x in "ab"]  # a full batch: no wait
+        await asyncio.sleep(0.02)
+        t0 = time.perf_counter()
+        await queue.submit("c")  # queued behind [a, b]: runs when they finish, without the 0.5 s idle wait
+        waited = time.perf_counter() - t0
+        await asyncio.gather(*first)
+        return calls, waited
+
+    calls, waited = asyncio.run(scenario())
+    assert calls == [["a", "b"], ["c"]]
+    assert waited < 0.4, waited
+
+
+def test_batch_queue_a_caller_that_goes_away_does_not_disturb_the_others():
+    import asyncio
+
+    from toolace_r.serve import BatchQueue
+
+    async def scenario():
+        calls: list[list[str]] = []
+        queue = BatchQueue(_queue_run(0.1, calls), max_batch_size=4, wait_s=0.0)
+        running = asyncio.create_task(queue.submit("a"))
+        await asyncio.sleep(0.02)
+        waiting = {x: asyncio.create_task(queue.submit(x)) for x in "bcd"}
+        await asyncio.sleep(0.02)
+        waiting["c"].cancel()  # client disconnected while queued behind "a"
+        out = await asyncio.gather(running, waiting["b"], waiting["d"])
+        return calls, out, queue
+
+    calls, out, queue = asyncio.run(scenario())
+    assert out == ["out:a", "out:b", "out:d"]
+    assert calls == [["a"], ["b", "d"]]  # the cancelled request never reached the model
+    assert (queue.batches, queue.jobs) == (2, 3)

@@ -181,6 +181,9 @@ class CachedBatch:
         except TypeError:  # older transformers
             self.cache = DynamicCache()
         _grow_in_place(self.cache)
+        # sliding-window and linear-attention layers cannot drop their last tokens: keep the holes there
+        layers = getattr(self.cache, "layers", None)
+        self._croppable = layers is None or all(type(layer) in (_DynamicLayer, _GrowingLayer) for layer in layers)
         self.mask = torch.zeros((n_rows, 0), dtype=torch.long, device=self.device)
         self.seqs: list[list[int]] = [[] for _ in range(n_rows)]
         self.slots: list[list[int]] = [[] for _ in range(n_rows)]
@@ -233,6 +236,8 @@ class CachedBatch:
     def trim(self) -> None:
         """Drop the cache's trailing slots that are holes in every row (rejected draft tokens, right padding), so that
         speculation does not leave the attention a growing tail of masked slots to read."""
+        if not self._croppable:
+            return
         live = self.mask.any(dim=0).nonzero()
         end = int(live[-1]) + 1 if live.numel() else 0
         extra = self.mask.shape[1] - end

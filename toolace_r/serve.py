@@ -462,7 +462,8 @@ class BatchQueue:
         self._pending: list[tuple[Job, asyncio.Future]] = []
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self.batch_sizes: list[int] = []
+        self.batches = 0  # batches run, and the jobs they held (mean batch size = jobs / batches)
+        self.jobs = 0
 
     @property
     def queued(self) -> int:
@@ -482,11 +483,13 @@ class BatchQueue:
 
     async def _serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
+        just_ran = False  # the pending requests arrived while a batch ran: they go at once, no waiting for company
         while True:
             while not self._pending:
+                just_ran = False
                 self._arrived.clear()
                 await self._arrived.wait()
-            deadline = loop.time() + self.wait_s
+            deadline = loop.time() + (0.0 if just_ran else self.wait_s)
             while len(self._pending) < self.max_batch_size and loop.time() < deadline:
                 self._arrived.clear()
                 try:
@@ -497,17 +500,25 @@ class BatchQueue:
             del self._pending[:self.max_batch_size]
             if not batch:  # every caller of this slice went away (client disconnects cancel their futures)
                 continue
-            self.batch_sizes.append(len(batch))
+            self.batches += 1
+            self.jobs += len(batch)
             try:
                 outcomes = await self.run([job for job, _ in batch])
+            except asyncio.CancelledError:  # the replica is shutting down: nobody of this batch may wait forever
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(RuntimeError("the replica's batch queue stopped"))
+                raise
             except Exception as err:  # noqa: BLE001 - each waiting request gets a 500, the queue keeps serving
                 log.exception("batch of %d failed outside the engine", len(batch))
                 outcomes = [err] * len(batch)
-            for (_, fut), outcome in zip(batch, outcomes):
+            for (_, fut), outcome in zip(batch, outcomes, strict=True):
                 if not fut.done():
                     fut.set_result(outcome)
+            just_ran = True
 
 
+# ---------------------------------------------------------------------------------------------------------------------
 # Request handling (no Ray here: the deployment below only wires it to HTTP and the batch queue)
 # ---------------------------------------------------------------------------------------------------------------------
 def check_auth(request: Request, key_sha256: str | None) -> None:
@@ -707,7 +718,7 @@ class ToolaceServer:
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.cfg.model_name, "batches": self.engine.batches,
-                "queued": self.queue.queued}
+                "queued": self.queue.queued, "mean_batch": self.queue.jobs / max(1, self.queue.batches)}
 
     @api.get("/v1/models", responses={401: {"model": ErrorResponse, "description": _ERROR_STATUSES[401]}})
     async def models(self, request: Request) -> dict[str, Any]:
