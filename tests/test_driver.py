@@ -196,6 +196,8 @@ def test_driver_killed_during_training_resumes_without_redoing_stages(tmp_path):
 
     rc, output = _run_logged(_toolace(overrides), tmp_path / "second.log", timeout=900)
     assert rc == 0, output[-6000:]
+    # the dashboard-less local Ray's state API is down; Ray Train's cleaner used to warn about it every second
+    assert "Failed to query Ray Train Controller actor state" not in output
     after = rio.read_json(run_dir / "state.json")
     for key, finished_at in finished_before.items():  # finished stages kept their first result, not redone
         assert after["stages"][key]["finished_at"] == finished_at, key

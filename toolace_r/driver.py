@@ -179,6 +179,13 @@ def prepare_run_dir(cfg: Config, run_dir: Path | None = None) -> Path:
     return run_dir
 
 
+def quiet_state_api_warnings() -> None:
+    """Ray worker setup hook: Ray Train's placement-group cleaner asks the state API every second whether the train
+    controller is alive and warns each time the API is down, as it always is on a Ray started without a dashboard —
+    half of a demo run's log was that line. Only that logger is raised to ERROR; its other errors still show."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def init_ray(cfg: Config) -> bool:
     """Connect to Ray. Inside `ray job submit` (RAY_ADDRESS is set) or with run.ray_address: join that cluster
     without asking for resources. Otherwise start a private local Ray (never silently join someone else's
@@ -193,7 +200,10 @@ def init_ray(cfg: Config) -> bool:
         ray.init(address=address)
     else:
         log.info("starting a local Ray (%s CPUs)", cfg.run.num_cpus or "all")
-        ray.init(address="local", num_cpus=cfg.run.num_cpus or None, include_dashboard=False)
+        # no dashboard on a private local Ray: less memory and no ports to collide with; without it Ray's state API is
+        # down, and the quiet_state_api_warnings hook keeps Ray Train's once-a-second complaint about it out of the log
+        ray.init(address="local", num_cpus=cfg.run.num_cpus or None, include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook": "toolace_r.driver.quiet_state_api_warnings"})
     log.info("Ray resources: %s", {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
     return True
 
