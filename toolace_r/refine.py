@@ -29,6 +29,7 @@ refinement is finished leave the batch (`batch_select_indices`).
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -296,10 +297,10 @@ def _lookup(out: list[int], draft: list[int], after: int, ngram: int = 3) -> tup
     in one pass again (prompt-lookup decoding, with the previous answer as the lookup text)."""
     for n in range(min(ngram, len(out)), 0, -1):
         tail = out[-n:]
-        for lo in (after, 0):
-            for j in range(max(lo, n), len(draft)):
-                if draft[j - n:j] == tail:
-                    return draft[j:], j
+        start = max(after, n)
+        for j in itertools.chain(range(start, len(draft)), range(n, min(start, len(draft)))):
+            if draft[j - n:j] == tail:
+                return draft[j:], j
     return [], after
 
 
@@ -321,6 +322,10 @@ def _decode_round(
     longest proposal prefix its own argmax agrees with, plus the model's token after it — so the answer equals plain
     one-token-at-a-time decoding, in fewer passes."""
     rows = batch.rows
+
+    def ended(out: list[int]) -> bool:
+        return bool(out) and (out[-1] in eos or len(out) >= max_new_tokens)
+
     drafts = [d[:max_new_tokens] for d in drafts] if drafts else [[] for _ in range(rows)]
     outs: list[list[int]] = [[] for _ in range(rows)]
     done = [False] * rows
@@ -359,12 +364,11 @@ def _decode_round(
             if not first and prop:
                 budget[b] = min(2 * budget[b], _LOOKUP_MAX) if accepted == len(prop) else max(1, budget[b] // 2)
             outs[b].extend(prop[:accepted])
-            finished = bool(outs[b]) and (outs[b][-1] in eos or len(outs[b]) >= max_new_tokens)
-            if not finished:
+            if not ended(outs[b]):
                 outs[b].append(preds[accepted])
                 # the proposal tokens after the accepted ones were fed but are not part of this row's sequence
                 batch.crop(b, lengths[b] + accepted)
-            done[b] = outs[b][-1] in eos or len(outs[b]) >= max_new_tokens
+            done[b] = ended(outs[b])
         batch.trim()
         first = False
         heads = [[o[-1]] if o else [] for o in outs]
