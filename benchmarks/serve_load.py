@@ -7,7 +7,7 @@ clients send requests through the official `openai` client (or `--client raw`); 
 latency and the mean number of refinement rounds the server reports. Headline: `batching_speedup` = requests/s
 with / without batching at concurrency 16.
 
-    python benchmarks/serve_load.py [--quick] [--model DIR] [--out FILE]
+    python benchmarks/serve_load.py [--quick] [--model DIR | --model-size tiny|small] [--client openai|raw] [--out FILE]
 
 Without --model it serves tests/serve_model.py's tiny model that has memorised a few tool-calling dialogues, so the
 answers are real calls and refinement stops at round 2 like a trained model's.
@@ -21,6 +21,7 @@ import platform
 import socket
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,34 +65,44 @@ class RawClient:
     the openai client's own CPU per request (request building, pydantic parsing) is a large share of the total."""
 
     def __init__(self, base_url: str):
-        import threading
-
         self.url = base_url + "/chat/completions"
         self.local = threading.local()
 
-    def create(self, **body) -> dict:
+    def ask(self, tools: list[dict], messages: list[dict], max_rounds: int) -> int:
+        """Send one request; return the refinement rounds the server reports."""
         import requests
 
         session = getattr(self.local, "session", None) or requests.Session()
         self.local.session = session
-        resp = session.post(self.url, json=body, timeout=600)
+        resp = session.post(self.url, json={"model": "toolace-r", "messages": messages, "tools": tools,
+                                            "max_refine_rounds": max_rounds}, timeout=600)
         resp.raise_for_status()
-        return resp.json()
+        return resp.json()["toolace_r"]["refinement_rounds"]
 
 
-def level(client, n_requests: int, concurrency: int, max_rounds: int) -> dict:
+class OpenAIClient:
+    """The official `openai` client, as agents use it."""
+
+    def __init__(self, base_url: str):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base_url, api_key="-", max_retries=0, timeout=600)
+
+    def ask(self, tools: list[dict], messages: list[dict], max_rounds: int) -> int:
+        resp = self.client.chat.completions.create(model="toolace-r", messages=messages, tools=tools,
+                                                   extra_body={"max_refine_rounds": max_rounds})
+        return resp.model_extra["toolace_r"]["refinement_rounds"]
+
+
+def level(client: RawClient | OpenAIClient, n_requests: int, concurrency: int, max_rounds: int) -> dict:
     """Closed loop: `concurrency` clients, `n_requests` in all. Latencies per request, wall time for all."""
     bodies = [(tools, openai_messages(msgs)) for tools, msgs, _ in EXAMPLES]
 
     def one(i: int) -> tuple[float, int]:
         tools, messages = bodies[i % len(bodies)]
         start = time.perf_counter()
-        if isinstance(client, RawClient):
-            resp = client.create(model="toolace-r", messages=messages, tools=tools, max_refine_rounds=max_rounds)
-            return time.perf_counter() - start, resp["toolace_r"]["refinement_rounds"]
-        resp = client.chat.completions.create(model="toolace-r", messages=messages, tools=tools,
-                                              extra_body={"max_refine_rounds": max_rounds})
-        return time.perf_counter() - start, resp.model_extra["toolace_r"]["refinement_rounds"]
+        rounds = client.ask(tools, messages, max_rounds)
+        return time.perf_counter() - start, rounds
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -161,19 +172,20 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=3, help="max_refine_rounds sent with every request")
     parser.add_argument("--batch-wait", type=float, default=None,
                         help="serve.batch_wait_timeout_s for the batching variant (default: the config's)")
+    parser.add_argument("--model-size", choices=["tiny", "small"], default="tiny",
+                        help="without --model: the memorising test model's size (serve_model.SHAPES)")
     parser.add_argument("--client", choices=["openai", "raw"], default="openai",
                         help="load generator: the official openai client, or plain keep-alive HTTP (RawClient)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
     args = parser.parse_args()
 
     import ray
-    from openai import OpenAI
     from ray import serve
 
     from toolace_r.config import load_config
     from toolace_r.serve import build_application
 
-    model_dir = args.model or str(calling_model())
+    model_dir = args.model or str(calling_model(size=args.model_size))
     engine = engine_speedup(model_dir, args.max_rounds)
     print(f"engine alone: {engine['ms_per_request_single']:.0f} ms/request one at a time, "
           f"{engine['ms_per_request_batch16']:.0f} ms/request in a batch of 16 ({engine['speedup']:.2f}x)", flush=True)
@@ -193,8 +205,7 @@ def main() -> None:
         serve.run(build_application(load_config(None, overrides)), name=name, route_prefix=f"/{name}",
                   blocking=False)
         base_url = f"http://127.0.0.1:{port}/{name}/v1"
-        clients[batching] = (RawClient(base_url) if args.client == "raw" else
-                             OpenAI(base_url=base_url, api_key="-", max_retries=0, timeout=600))
+        clients[batching] = RawClient(base_url) if args.client == "raw" else OpenAIClient(base_url)
         level(clients[batching], 4, 2, args.max_rounds)  # warm-up: first forward passes, lazy imports
     rows = []
     repeats = 2
