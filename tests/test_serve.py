@@ -7,6 +7,7 @@ produces tool calls through the real load + generate + refine path.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import socket
@@ -25,6 +26,7 @@ from toolace_r.data.prompts import NO_CALL_ANSWER
 from toolace_r.errors import ConfigError
 from toolace_r.serve import (
     ApiError,
+    BatchQueue,
     ChatCompletionRequest,
     convert_messages,
     convert_tools,
@@ -406,8 +408,6 @@ def test_a_failing_job_does_not_fail_its_batch_neighbours(model_dir):
 def _queue_run(delay_s: float, calls: list[list[str]], fail: bool = False):
     """An engine stand-in for the queue's scheduling only (the engine itself is exercised above): records each batch,
     takes `delay_s` like a forward pass would, answers each job with its own name."""
-    import asyncio
-
     async def run(jobs):
         calls.append([j for j in jobs])
         await asyncio.sleep(delay_s)
@@ -419,10 +419,6 @@ def _queue_run(delay_s: float, calls: list[list[str]], fail: bool = False):
 
 
 def test_batch_queue_puts_everything_that_arrived_during_a_batch_into_the_next():
-    import asyncio
-
-    from toolace_r.serve import BatchQueue
-
     async def scenario():
         calls: list[list[str]] = []
         queue = BatchQueue(_queue_run(0.2, calls), max_batch_size=4, wait_s=0.0)
@@ -438,10 +434,6 @@ def test_batch_queue_puts_everything_that_arrived_during_a_batch_into_the_next()
 
 
 def test_batch_queue_lone_request_waits_at_most_wait_s_and_bursts_share_a_batch():
-    import asyncio
-
-    from toolace_r.serve import BatchQueue
-
     async def scenario():
         calls: list[list[str]] = []
         queue = BatchQueue(_queue_run(0.0, calls), max_batch_size=8, wait_s=0.05)
@@ -460,10 +452,6 @@ def test_batch_queue_lone_request_waits_at_most_wait_s_and_bursts_share_a_batch(
 
 
 def test_batch_queue_engine_failure_reaches_every_waiting_request_and_the_queue_goes_on():
-    import asyncio
-
-    from toolace_r.serve import BatchQueue
-
     async def scenario():
         calls: list[list[str]] = []
         queue = BatchQueue(_queue_run(0.0, calls, fail=True), max_batch_size=4, wait_s=0.0)
@@ -478,10 +466,6 @@ def test_batch_queue_engine_failure_reaches_every_waiting_request_and_the_queue_
 
 def test_batch_queue_requests_that_waited_for_a_busy_model_do_not_wait_again():
     """The idle wait is for a model with nothing to do: requests that queued behind a running batch go at once."""
-    import asyncio
-
-    from toolace_r.serve import BatchQueue
-
     async def scenario():
         calls: list[list[str]] = []
         queue = BatchQueue(_queue_run(0.1, calls), max_batch_size=2, wait_s=0.5)
@@ -499,10 +483,6 @@ def test_batch_queue_requests_that_waited_for_a_busy_model_do_not_wait_again():
 
 
 def test_batch_queue_a_caller_that_goes_away_does_not_disturb_the_others():
-    import asyncio
-
-    from toolace_r.serve import BatchQueue
-
     async def scenario():
         calls: list[list[str]] = []
         queue = BatchQueue(_queue_run(0.1, calls), max_batch_size=4, wait_s=0.0)
