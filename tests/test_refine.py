@@ -86,7 +86,8 @@ def _tiny_llama(tokenizer, seed: int, hidden: int = 32, layers: int = 1, cls=Non
 
 def _scripted(tokenizer, seed: int = 0):
     from transformers import LlamaForCausalLM
-    from transformers.cache_utils import DynamicLayer
+
+    from toolace_r.refine import _GrowingLayer
 
     assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")
     eos = tokenizer.eos_token_id
@@ -98,8 +99,8 @@ def _scripted(tokenizer, seed: int = 0):
             out = super().forward(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
                                   logits_to_keep=logits_to_keep, **kw)
             side = self.config.num_hidden_layers  # an extra cache layer records the ids fed to each row
-            while len(cache.layers) <= side:
-                cache.layers.append(DynamicLayer())
+            while len(cache.layers) <= side:  # the decoder's own layer type: it follows row parking and crops
+                cache.layers.append(_GrowingLayer())
             rec = input_ids[:, None, :, None].float()
             ids, _ = cache.layers[side].update(rec, rec)
             ids = ids[:, 0, :, 0].long()
@@ -313,6 +314,34 @@ def test_right_aligned_feed_and_trim_drop_rejected_slots_and_keep_rows_exact(tok
     assert batch.mask.shape[1] == width + 2 and batch.cache.get_seq_length() == width + 2
     logits = batch.feed([[9], [9]], keep=1, right_aligned=True)[:, -1]
     for row, expected_seq in ((0, seqs[0] + [11, 12, 9]), (1, seqs[1] + [15, 9])):
+        assert batch.seqs[row] == expected_seq
+        with torch.no_grad():
+            ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
+        assert torch.allclose(logits[row], ref, atol=1e-4)
+
+
+def test_parked_rows_sit_out_passes_and_come_back_exact(tokenizer):
+    """park() takes finished rows out of the forward passes (the model sees only the live rows); after passes that
+    grow, crop and trim the live rows' cache past the parked rows' length, unpark() puts them back in order, and
+    every row's next logits equal a fresh computation of its own sequence."""
+    model = _tiny_llama(tokenizer, 11, hidden=64, layers=2)
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("case:a one two", "x y", "z w v u")]
+    batch = CachedBatch(model, tokenizer.pad_token_id, 3)
+    batch.feed(seqs, keep=1)
+    assert batch.park([1]) and batch.live == [0, 2]
+    with pytest.raises(ValueError, match="parked row"):
+        batch.feed([[5], [6], [7]], keep=1)
+    assert batch.feed([[5], [], [7]], keep=1).shape[0] == 2  # the pass ran on two rows
+    batch.feed([[11, 12, 13], [], [14]], keep=3, right_aligned=True)
+    batch.crop(0, len(seqs[0]) + 3)  # row 0 keeps 2 of its 3 proposed tokens
+    batch.trim()
+    assert batch.park([2]) and not batch.park([0])  # the last live row is never parked
+    batch.feed([[15, 16], [], []], keep=1)
+    batch.unpark()
+    assert batch.live == [0, 1, 2] and batch.mask.shape == (3, batch.cache.get_seq_length())
+    logits = batch.feed([[9], [9], [9]], keep=1, right_aligned=True)[:, -1]
+    expected = (seqs[0] + [5, 11, 12, 15, 16, 9], seqs[1] + [9], seqs[2] + [7, 14, 9])
+    for row, expected_seq in enumerate(expected):
         assert batch.seqs[row] == expected_seq
         with torch.no_grad():
             ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]

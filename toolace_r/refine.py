@@ -24,7 +24,10 @@ the KV cache between rounds.
 Batching without moving memory: every row of the batch shares one `DynamicCache`. New tokens of different lengths are
 left-padded into one block; the 2-D attention mask marks pads, rejected draft tokens and dropped suffixes as holes, and
 explicit `position_ids` count only the real tokens of a row, so each row sees exactly its own sequence. Rows whose
-refinement is finished leave the batch (`batch_select_indices`).
+refinement is finished leave the batch (`batch_select_indices`). Within a round, rows whose answer is finished are
+parked once a quarter of the batch is: their cache rows are set aside until the round ends, so the passes that
+finish the longer answers run on the unfinished rows only (a pass's cost grows with its rows on a CPU, and with
+memory traffic on a GPU).
 """
 from __future__ import annotations
 
@@ -163,12 +166,35 @@ class _GrowingLayer(_DynamicLayer):
             self._k, self._v = self._k[indices], self._v[indices]
             self._refresh()
 
+    def take_rows(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of these rows' keys and values (the filled length only), for `put_rows` later."""
+        return self._k[indices, :, :self._len], self._v[indices, :, :self._len]
+
+    def put_rows(self, n_rows: int, live_rows: list[int], taken: list[tuple[list[int], torch.Tensor, torch.Tensor]]
+                 ) -> None:
+        """Rebuild an `n_rows` batch: the rows now held go to `live_rows`, each (rows, keys, values) of `taken` to its
+        rows. Taken rows are no longer than the cache; the slots after them stay zero (finite values under a mask
+        that hides them: uninitialised memory could hold NaN, which a mask does not hide)."""
+        k = self._k.new_zeros((n_rows, *self._k.shape[1:]))
+        v = self._v.new_zeros((n_rows, *self._v.shape[1:]))
+        live = torch.tensor(live_rows, dtype=torch.long, device=k.device)
+        k[live], v[live] = self._k, self._v
+        for rows, tk, tv in taken:
+            if tk.shape[-2] > self._len:
+                raise RuntimeError("a parked row is longer than the cache it returns to")
+            index = torch.tensor(rows, dtype=torch.long, device=k.device)
+            k[index, :, :tk.shape[-2]], v[index, :, :tv.shape[-2]] = tk, tv
+        self._k, self._v = k, v
+        self._refresh()
+
 
 class CachedBatch:
     """Rows that share one KV cache, each with its own logical token sequence.
 
     `seqs[b]` is the sequence row b's next token is conditioned on; `slots[b][i]` is where its i-th token sits in the
     cache. Dropping a row's tail ("crop") only clears those mask slots, so rows never need the same length.
+    A row whose answer is finished can be parked (`park`): its cache rows are set aside and the forward passes run
+    without it until `unpark` puts it back, so finished rows stop costing compute while the others decode.
     """
 
     def __init__(self, model: Any, pad_id: int, n_rows: int):
@@ -185,6 +211,10 @@ class CachedBatch:
         # sliding-window and linear-attention layers cannot drop their last tokens: keep the holes there
         layers = getattr(self.cache, "layers", None)
         self._croppable = layers is None or all(type(layer) in (_DynamicLayer, _GrowingLayer) for layer in layers)
+        # rows in the cache's batch (the rest are parked), in cache order; mask rows follow this order
+        self.live: list[int] = list(range(n_rows))
+        self._pos = {b: b for b in self.live}
+        self._parked: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = []
         self.mask = torch.zeros((n_rows, 0), dtype=torch.long, device=self.device)
         self.seqs: list[list[int]] = [[] for _ in range(n_rows)]
         self.slots: list[list[int]] = [[] for _ in range(n_rows)]
@@ -197,29 +227,33 @@ class CachedBatch:
         return len(self.seqs)
 
     def feed(self, segments: list[list[int]], keep: int = 1, right_aligned: bool = False) -> torch.Tensor:
-        """Append segments[b] to row b (empty = nothing for that row) in one forward pass; return the logits of the
-        last `keep` positions, [rows, keep, vocab]. Segments are left-padded so every row's last token sits at -1;
-        `right_aligned` pads on the right instead (row b's tokens at 0..len-1: ask for keep = the widest segment), so
-        that holes left by rejected tokens gather at the end of the cache, where `trim` removes them."""
+        """Append segments[b] to row b (empty = nothing for that row; parked rows must be empty) in one forward pass;
+        return the logits of the last `keep` positions of the live rows, [len(live), keep, vocab], in `live` order.
+        Segments are left-padded so every row's last token sits at -1; `right_aligned` pads on the right instead (row
+        b's tokens at 0..len-1: ask for keep = the widest segment), so that holes left by rejected tokens gather at the
+        end of the cache, where `trim` removes them."""
+        if any(segments[b] for b in range(self.rows) if b not in self._pos):
+            raise ValueError("feed() got tokens for a parked row")
         width = max(len(s) for s in segments)
         if width == 0:
             raise ValueError("feed() needs at least one token")
         keep = min(keep, width)
         start = self.mask.shape[1]
-        ids = torch.full((self.rows, width), self.pad_id, dtype=torch.long)
-        new_mask = torch.zeros((self.rows, width), dtype=torch.long)
-        positions = torch.zeros((self.rows, width), dtype=torch.long)
-        for b, seg in enumerate(segments):
-            n = len(self.seqs[b])
+        n_live = len(self.live)
+        ids = torch.full((n_live, width), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((n_live, width), dtype=torch.long)
+        positions = torch.zeros((n_live, width), dtype=torch.long)
+        for p, b in enumerate(self.live):
+            seg, n = segments[b], len(self.seqs[b])
             if not seg:
-                positions[b, :] = max(n - 1, 0)
+                positions[p, :] = max(n - 1, 0)
                 continue
             off = 0 if right_aligned else width - len(seg)
             real = slice(off, off + len(seg))
-            ids[b, real] = torch.tensor(seg, dtype=torch.long)
-            new_mask[b, real] = 1
-            positions[b, :] = n  # pads: any position, they are masked
-            positions[b, real] = torch.arange(n, n + len(seg))
+            ids[p, real] = torch.tensor(seg, dtype=torch.long)
+            new_mask[p, real] = 1
+            positions[p, :] = n  # pads: any position, they are masked
+            positions[p, real] = torch.arange(n, n + len(seg))
             self.slots[b].extend(range(start + off, start + off + len(seg)))
             self.seqs[b].extend(seg)
         self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
@@ -250,13 +284,16 @@ class CachedBatch:
         """Keep only the first `length` tokens of row b's sequence (the rest become holes in the mask)."""
         if length >= len(self.seqs[b]):
             return
+        if b not in self._pos:
+            raise ValueError(f"crop() of parked row {b}: unpark() first")
         dropped = self.slots[b][length:]
         if dropped:
-            self.mask[b, torch.tensor(dropped, device=self.device)] = 0
+            self.mask[self._pos[b], torch.tensor(dropped, device=self.device)] = 0
         del self.seqs[b][length:], self.slots[b][length:]
 
     def select(self, keep_rows: list[int]) -> None:
         """Keep only these rows (in this order)."""
+        self.unpark()
         if keep_rows == list(range(self.rows)):
             return
         index = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
@@ -264,6 +301,42 @@ class CachedBatch:
         self.mask = self.mask[index]
         self.seqs = [self.seqs[i] for i in keep_rows]
         self.slots = [self.slots[i] for i in keep_rows]
+        self.live = list(range(self.rows))
+        self._pos = {b: b for b in self.live}
+
+    def park(self, rows: list[int]) -> bool:
+        """Take these live rows out of the forward passes until `unpark`. On a CPU a pass costs in proportion to
+        rows × tokens, so a finished row riding along as padding costs as much as a decoding one. Returns False (and
+        does nothing) where the cache's layers cannot set rows aside, or when no row would be left to run."""
+        gone = set(rows)
+        stay = [p for p, b in enumerate(self.live) if b not in gone]
+        layers = getattr(self.cache, "layers", None) or [None]
+        if not all(type(layer) is _GrowingLayer for layer in layers) or not rows or not stay:
+            return False
+        index = torch.tensor([self._pos[b] for b in rows], dtype=torch.long, device=self.device)
+        self._parked.append((list(rows), [layer.take_rows(index) for layer in self.cache.layers], self.mask[index]))
+        stay_index = torch.tensor(stay, dtype=torch.long, device=self.device)
+        self.cache.batch_select_indices(stay_index)
+        self.mask = self.mask[stay_index]
+        self.live = [self.live[p] for p in stay]
+        self._pos = {b: p for p, b in enumerate(self.live)}
+        return True
+
+    def unpark(self) -> None:
+        """Put every parked row back, all rows in their original order. Parked rows missed the passes run since:
+        their mask is zero over those slots."""
+        if not self._parked:
+            return
+        mask = torch.zeros((self.rows, self.mask.shape[1]), dtype=self.mask.dtype, device=self.device)
+        mask[torch.tensor(self.live, dtype=torch.long, device=self.device)] = self.mask
+        for rows, _, row_mask in self._parked:
+            mask[torch.tensor(rows, dtype=torch.long, device=self.device), :row_mask.shape[1]] = row_mask
+        for i, layer in enumerate(self.cache.layers):
+            layer.put_rows(self.rows, self.live, [(rows, *kv[i]) for rows, kv, _ in self._parked])
+        self.mask = mask
+        self._parked = []
+        self.live = list(range(self.rows))
+        self._pos = {b: b for b in self.live}
 
 
 class _Picker:
@@ -346,14 +419,14 @@ def _decode_round(
         logits = batch.feed(feeds, keep=keep, right_aligned=not first)
         stats.forward_passes += 1
         stats.tokens_fed += sum(len(f) for f in feeds)
-        choice = pick(logits).tolist()  # [rows, keep]
-        for b in range(rows):
+        choice = pick(logits).tolist()  # [live rows, keep]
+        for p, b in enumerate(batch.live):
             if done[b]:
                 continue
             passes[b] += 1
             prop = proposals[b]
             # preds[i] = the model's token after head + prop[:i]
-            preds = choice[b][keep - len(prop) - 1:] if first else choice[b][:len(prop) + 1]
+            preds = choice[p][keep - len(prop) - 1:] if first else choice[p][:len(prop) + 1]
             accepted = 0
             while accepted < len(prop) and preds[accepted] == prop[accepted]:
                 accepted += 1
@@ -370,6 +443,9 @@ def _decode_round(
                 batch.crop(b, lengths[b] + accepted)
             done[b] = ended(outs[b])
         batch.trim()
+        finished = [b for b in batch.live if done[b]]
+        if finished and len(finished) < len(batch.live) and 4 * len(finished) >= len(batch.live):
+            batch.park(finished)  # a quarter of the live rows are finished: stop computing them (one cache copy)
         first = False
         heads = [[o[-1]] if o else [] for o in outs]
         proposals = []
@@ -379,6 +455,7 @@ def _decode_round(
                 prop, cursor[b] = _lookup(outs[b], drafts[b], cursor[b])
                 prop = prop[:min(budget[b], max_new_tokens - len(outs[b]))]
             proposals.append(prop)
+    batch.unpark()
     stats.tokens_generated += sum(len(o) for o in outs)
     return outs
 
