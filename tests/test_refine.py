@@ -175,6 +175,22 @@ def test_each_item_in_a_batch_stops_on_its_own(tokenizer):
         assert res.tokens == expected, case
 
 
+def test_round_one_uses_the_callers_prompt_ids_when_given(tokenizer):
+    """A caller that already tokenised the round-1 prompt (the server does, to check the context limit) passes the ids
+    and they are what round 1 answers: "stable" given the prompt of "fix" answers like "fix" in round 1; given its own
+    prompt's ids it answers exactly as without them."""
+    model = _scripted(tokenizer)
+
+    def ids(case: str) -> list[int]:
+        text = prompts.render_prompt(tokenizer, TOOLS, _item(case).messages, "compact")
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    plain, own, other = (_refine(model, tokenizer, [RefineItem(TOOLS, _item("stable").messages, given)])[0]
+                         for given in (None, ids("stable"), ids("fix")))
+    assert own.answers == plain.answers == ["[f(x=1)]", "[f(x=1)]"]
+    assert other.first_answer == "[f(x=2)]"
+
+
 def test_fixed_rounds_mode_never_stops_early(tokenizer):
     model = _scripted(tokenizer)
     results = _refine(model, tokenizer, [_item("stable"), _item("nocall")], max_rounds=3, adaptive=False)

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 class RefineItem:
     tools: list[dict[str, Any]]
     messages: list[dict[str, Any]]
+    # the round-1 prompt's token ids when the caller already has them (the server tokenises each request to check it
+    # against the context limit); None: rendered and tokenised here
+    prompt_ids: list[int] | None = None
 
 
 @dataclass
@@ -518,7 +521,8 @@ def adaptive_refine(
             ids = ids[:-1]
         return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    first_prompts = [encode(prompts.render_prompt(tokenizer, it.tools, it.messages, style)) for it in items]
+    first_prompts = [it.prompt_ids if it.prompt_ids is not None
+                     else encode(prompts.render_prompt(tokenizer, it.tools, it.messages, style)) for it in items]
     order = sorted(range(len(items)), key=lambda i: -len(first_prompts[i]))  # similar lengths share a batch
     results: list[RefineResult | None] = [None] * len(items)
     for start in range(0, len(order), batch_size):

@@ -345,6 +345,7 @@ class Job:
     max_new_tokens: int
     temperature: float
     prompt_tokens: int = 0
+    prompt_ids: list[int] | None = None  # the round-1 prompt, tokenised once when the request is checked
 
 
 @dataclass
@@ -393,8 +394,8 @@ class Engine:
 
         return render_prompt(self.tokenizer, tools, messages, self.style)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def run(self, jobs: list[Job]) -> list[Outcome | BaseException]:
         """Answer a batch. Jobs with the same decoding settings share forward passes; a job that fails is retried
@@ -429,7 +430,7 @@ class Engine:
     def _answer(self, jobs: list[Job], max_rounds: int, max_new_tokens: int, temperature: float) -> list[Outcome]:
         from toolace_r.refine import RefineItem, adaptive_refine
 
-        items = [RefineItem(tools=j.tools, messages=j.messages) for j in jobs]
+        items = [RefineItem(tools=j.tools, messages=j.messages, prompt_ids=j.prompt_ids) for j in jobs]
         results = adaptive_refine(self.model, self.tokenizer, items, max_rounds=max_rounds,
                                   max_new_tokens=max_new_tokens, style=self.style, draft_verify=self.draft_verify,
                                   reuse_prefix=self.reuse_prefix, temperature=temperature, batch_size=len(items))
@@ -582,7 +583,8 @@ def build_job(req: ChatCompletionRequest, cfg: ServeConfig, engine: Engine) -> t
     except Exception as err:  # noqa: BLE001 - chat templates reject some role orders; that is the client's input
         raise ApiError(400, f"messages cannot be rendered with this model's chat template: {err}",
                        param="messages") from None
-    prompt_tokens = engine.count_tokens(prompt)
+    prompt_ids = engine.tokenize(prompt)
+    prompt_tokens = len(prompt_ids)
     if engine.context_limit and prompt_tokens + max_new > engine.context_limit:
         raise ApiError(400, f"the prompt has {prompt_tokens} tokens; with max_tokens={max_new} it exceeds the "
                             f"model's context of {engine.context_limit} tokens", param="messages",
@@ -590,7 +592,7 @@ def build_job(req: ChatCompletionRequest, cfg: ServeConfig, engine: Engine) -> t
     rounds = req.max_refine_rounds or cfg.max_rounds
     temperature = float(req.temperature or 0.0)
     job = Job(tools, messages, rounds, max_new, temperature if temperature >= MIN_SAMPLING_TEMPERATURE else 0.0,
-              prompt_tokens)
+              prompt_tokens, prompt_ids)
     return job, mode, name
 
 
