@@ -330,3 +330,19 @@ def test_workers_that_take_every_cpu_still_get_their_data(ray_local, tiny_model_
     cfg = _cfg(2, **{"train.max_steps": "2", "train.epochs": "1", "train.checkpoint_every": "0"})
     result = train(cfg, str(tiny_model_dir), rows_from_samples(samples, "compact"), str(tmp_path / "all_cpus"))
     assert result["steps"] == 2 and result["rows"] == 400  # an equal split of 401 rows drops one
+
+
+def test_presplit_hands_each_worker_its_part_and_refuses_another_world_size(ray_local):
+    """The driver-side split gives worker i the i-th equal part; Ray Train asking for another number of workers gets
+    a clear error instead of a split inside the run (which can wait forever for a CPU the workers hold)."""
+    import ray
+
+    from toolace_r.train import _presplit
+
+    dataset = ray.data.from_items([{"i": i} for i in range(7)])
+    config = _presplit(dataset, 2)
+    shards = config.configure({"train": dataset}, 2, [], [])
+    parts = [sorted(row["i"] for row in shard["train"].iter_rows()) for shard in shards]
+    assert [len(p) for p in parts] == [3, 3] and not set(parts[0]) & set(parts[1])
+    with pytest.raises(RuntimeError, match="3 workers, the data was split for 2"):
+        config.configure({"train": dataset}, 3, [], [])

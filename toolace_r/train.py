@@ -660,8 +660,10 @@ def _presplit(dataset: Any, world_size: int):
 
     class PreSplit(DataConfig):
         def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-            shards = parts if world_size == len(parts) else datasets["train"].split(world_size, equal=True)
-            return [{"train": shard.iterator()} for shard in shards]
+            if world_size != len(parts):  # a split here could wait forever for a CPU (see above): say so instead
+                raise RuntimeError(f"Ray Train started {world_size} workers, the data was split for {len(parts)}: "
+                                   "toolace-r trains with a fixed train.num_workers (no elastic scaling)")
+            return [{"train": part.iterator()} for part in parts]
 
     return PreSplit()
 
