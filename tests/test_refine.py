@@ -364,6 +364,25 @@ def test_parked_rows_sit_out_passes_and_come_back_exact(tokenizer):
         assert torch.allclose(logits[row], ref, atol=1e-4)
 
 
+def test_trim_keeps_the_slots_of_parked_rows(tokenizer):
+    """A row parked right after a right-aligned feed owns slots that are holes in every live row: trim() must not cut
+    them, and the row comes back exact."""
+    model = _tiny_llama(tokenizer, 13, hidden=64, layers=2)
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("case:a one two", "x y")]
+    batch = CachedBatch(model, tokenizer.pad_token_id, 2)
+    batch.feed(seqs, keep=1)
+    batch.feed([[11], [12, 13, 14]], keep=3, right_aligned=True)
+    assert batch.park([1])
+    batch.trim()
+    assert batch.cache.get_seq_length() == batch.mask.shape[1] == batch.slots[1][-1] + 1
+    batch.unpark()
+    logits = batch.feed([[9], [9]], keep=1, right_aligned=True)[:, -1]
+    for row, expected_seq in enumerate((seqs[0] + [11, 9], seqs[1] + [12, 13, 14, 9])):
+        with torch.no_grad():
+            ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
+        assert torch.allclose(logits[row], ref, atol=1e-4)
+
+
 def test_growing_cache_layer_appends_in_place_like_concatenation():
     """The refinement cache's layer keeps what DynamicLayer's concatenation would hold, through buffer growth, row
     selection and crops, while its buffer grows geometrically (appends are not copies of the whole cache)."""

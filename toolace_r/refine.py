@@ -278,6 +278,7 @@ class CachedBatch:
             return
         live = self.mask.any(dim=0).nonzero()
         end = int(live[-1]) + 1 if live.numel() else 0
+        end = max([end] + [row_mask.shape[1] for _, _, row_mask in self._parked])  # parked rows' slots stay
         extra = self.mask.shape[1] - end
         if extra > 0 and self.cache.get_seq_length() == self.mask.shape[1]:
             self.cache.crop(-extra)
