@@ -279,6 +279,33 @@ def test_round_one_equals_hf_generate(tokenizer, seed):
         assert res.first_answer == ref
 
 
+def test_sliding_window_models_decode_plainly_and_answer_as_alone(tokenizer):
+    """A sliding-window model attends to its last W cache slots, holes included, so the cache shortcuts would change
+    its answers (they did, before the guard): with the defaults its answers equal plain decoding and items run alone."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from toolace_r.refine import holes_are_free
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4, sliding_window=16,
+                           max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    model = MistralForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id] + list(range(5, len(tokenizer), 7))
+    assert not holes_are_free(model) and holes_are_free(_tiny_llama(tokenizer, 0))
+    items = [_item(c, filler="z " * (2 * i)) for i, c in enumerate(["flip", "stable", "fix", "long", "nocall"])]
+    kw = dict(max_rounds=3, max_new_tokens=12, batch_size=5)
+    default = [r.answers for r in _refine(model, tokenizer, items, **kw)]
+    plain = [r.answers for r in _refine(model, tokenizer, items, draft_verify=False, reuse_prefix=False, **kw)]
+    alone = [_refine(model, tokenizer, [item], **kw)[0].answers for item in items]
+    assert default == plain == alone
+
+
 def test_reuse_survives_a_template_whose_tokens_merge_across_the_boundary(tokenizer):
     """A template without special tokens between turns: BPE may merge the end of round 1's prompt with what follows,
     so round 2's tokens do not start with round 1's. The common prefix is then shorter; the result is unchanged."""

@@ -21,6 +21,10 @@ the KV cache between rounds.
   draft (one value edited, the rest kept), so each later pass proposes the draft's continuation from where the
   answer's last tokens occur in it (prompt-lookup decoding on the previous answer) and verifies it the same way.
 
+Both leave holes in a row's cache (dropped suffixes, rejected draft tokens), which cost nothing under full attention.
+A sliding-window layer attends to its last W slots, holes included, so for such models both are switched off
+(`holes_are_free`) and rounds are decoded plainly.
+
 Batching without moving memory: every row of the batch shares one `DynamicCache`. New tokens of different lengths are
 left-padded into one block; the 2-D attention mask marks pads, rejected draft tokens and dropped suffixes as holes, and
 explicit `position_ids` count only the real tokens of a row, so each row sees exactly its own sequence. Rows whose
@@ -98,6 +102,23 @@ def stop_ids(model: Any, tokenizer: Any) -> set[int]:
     if not ids:
         raise ValueError("the tokenizer has no EOS token and the model's generation config names none")
     return ids
+
+
+_PLAIN_ONLY_NOTED: set[int] = set()  # models already logged as decoding without the cache shortcuts
+
+
+def holes_are_free(model: Any) -> bool:
+    """Whether masked slots in the middle of a row (a cropped answer, rejected draft tokens) leave its answers as plain
+    decoding's: true for full-attention caches. A sliding-window layer attends to its last W slots, holes included,
+    so a row with holes there would see fewer real tokens than with plain decoding (left padding, the only holes
+    plain decoding makes, falls out of the window first)."""
+    from transformers import DynamicCache
+
+    try:
+        layers = getattr(DynamicCache(config=model.config), "layers", None)
+    except TypeError:  # older transformers: one plain cache for every layer
+        return True
+    return layers is None or all(type(layer) is _DynamicLayer for layer in layers)
 
 
 def _grow_in_place(cache: Any) -> None:
@@ -511,6 +532,12 @@ def adaptive_refine(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     draft_verify = draft_verify and temperature <= 0
+    if (draft_verify or reuse_prefix) and not holes_are_free(model):
+        if id(model) not in _PLAIN_ONLY_NOTED:
+            _PLAIN_ONLY_NOTED.add(id(model))
+            log.info("the model has sliding-window attention layers: prefix reuse and draft verification are off "
+                     "(holes in a row's cache would take window slots and change its answers)")
+        draft_verify = reuse_prefix = False
     eos = stop_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     device = next(model.parameters()).device
