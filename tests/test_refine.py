@@ -326,6 +326,15 @@ def test_reuse_survives_a_template_whose_tokens_merge_across_the_boundary(tokeni
         assert [r.answers for r in res] == [r.answers for r in plain], key
 
 
+def _assert_rows_are_exact(model, batch, logits, expected: list[list[int]]) -> None:
+    """Row b holds exactly expected[b], and its next-token logits equal a fresh computation of that sequence."""
+    for row, expected_seq in enumerate(expected):
+        assert batch.seqs[row] == expected_seq
+        with torch.no_grad():
+            ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
+        assert torch.allclose(logits[row], ref, atol=1e-4)
+
+
 def test_cached_batch_crop_and_select_keep_rows_consistent(tokenizer):
     """Low-level: after crops and a row selection, a row's next-token logits equal a fresh computation."""
     model = _tiny_llama(tokenizer, 7, hidden=64, layers=2)
@@ -336,11 +345,7 @@ def test_cached_batch_crop_and_select_keep_rows_consistent(tokenizer):
     batch.feed([[5, 6], [7], []], keep=1)
     batch.select([2, 0])
     logits = batch.feed([[9], [9]], keep=1)[:, -1]
-    for row, expected_seq in ((0, seqs[2] + [9]), (1, seqs[0][:3] + [5, 6, 9])):
-        assert batch.seqs[row] == expected_seq
-        with torch.no_grad():
-            ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
-        assert torch.allclose(logits[row], ref, atol=1e-4)
+    _assert_rows_are_exact(model, batch, logits, [seqs[2] + [9], seqs[0][:3] + [5, 6, 9]])
 
 
 def test_right_aligned_feed_and_trim_drop_rejected_slots_and_keep_rows_exact(tokenizer):
@@ -356,11 +361,7 @@ def test_right_aligned_feed_and_trim_drop_rejected_slots_and_keep_rows_exact(tok
     batch.trim()
     assert batch.mask.shape[1] == width + 2 and batch.cache.get_seq_length() == width + 2
     logits = batch.feed([[9], [9]], keep=1, right_aligned=True)[:, -1]
-    for row, expected_seq in ((0, seqs[0] + [11, 12, 9]), (1, seqs[1] + [15, 9])):
-        assert batch.seqs[row] == expected_seq
-        with torch.no_grad():
-            ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
-        assert torch.allclose(logits[row], ref, atol=1e-4)
+    _assert_rows_are_exact(model, batch, logits, [seqs[0] + [11, 12, 9], seqs[1] + [15, 9]])
 
 
 def test_parked_rows_sit_out_passes_and_come_back_exact(tokenizer):
@@ -383,12 +384,8 @@ def test_parked_rows_sit_out_passes_and_come_back_exact(tokenizer):
     batch.unpark()
     assert batch.live == [0, 1, 2] and batch.mask.shape == (3, batch.cache.get_seq_length())
     logits = batch.feed([[9], [9], [9]], keep=1, right_aligned=True)[:, -1]
-    expected = (seqs[0] + [5, 11, 12, 15, 16, 9], seqs[1] + [9], seqs[2] + [7, 14, 9])
-    for row, expected_seq in enumerate(expected):
-        assert batch.seqs[row] == expected_seq
-        with torch.no_grad():
-            ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
-        assert torch.allclose(logits[row], ref, atol=1e-4)
+    _assert_rows_are_exact(model, batch, logits,
+                           [seqs[0] + [5, 11, 12, 15, 16, 9], seqs[1] + [9], seqs[2] + [7, 14, 9]])
 
 
 def test_trim_keeps_the_slots_of_parked_rows(tokenizer):
@@ -404,10 +401,7 @@ def test_trim_keeps_the_slots_of_parked_rows(tokenizer):
     assert batch.cache.get_seq_length() == batch.mask.shape[1] == batch.slots[1][-1] + 1
     batch.unpark()
     logits = batch.feed([[9], [9]], keep=1, right_aligned=True)[:, -1]
-    for row, expected_seq in enumerate((seqs[0] + [11, 9], seqs[1] + [12, 13, 14, 9])):
-        with torch.no_grad():
-            ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
-        assert torch.allclose(logits[row], ref, atol=1e-4)
+    _assert_rows_are_exact(model, batch, logits, [seqs[0] + [11, 9], seqs[1] + [12, 13, 14, 9]])
 
 
 def test_growing_cache_layer_appends_in_place_like_concatenation():
