@@ -89,8 +89,9 @@ def _cache_key() -> str:
     return hashlib.sha256(source + f"{torch.__version__}/{transformers.__version__}".encode()).hexdigest()[:16]
 
 
-# Model shapes: "tiny" (~60 k parameters) for the tests; "small" (~3.5 M) for benchmarks/serve_load.py, where a
-# forward pass must cost more than the HTTP round trip around it, as any real model's does.
+# Model shapes: "tiny" (~60 k parameters) for the tests and benchmarks/serve_load.py; "small" (~3.5 M) for
+# `serve_load.py --model-size small`, where a forward pass costs more than the HTTP round trip around it (on a CPU its
+# compute-bound prefill batches worse: benchmarks/RESULTS.md).
 SHAPES = {
     "tiny": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
     "small": dict(vocab_size=512, hidden_size=256, num_layers=4, num_heads=8, intermediate_size=1024),
