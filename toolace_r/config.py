@@ -197,6 +197,9 @@ class AblationConfig:
     arms: list[str] = field(default_factory=lambda: ["full", "plain_sft", "random_select", "no_refine_corpus"])
     concurrent: bool = False
     token_budget: int = 0  # training tokens per train stage, the same for every arm; 0 = use train.max_tokens
+    # Every arm runs once per seed s (RUN_DIR/arms/<arm>/seed_<s>/); seed s adds s to probe.generation.seed,
+    # select.seed, refine.seed and train.seed (toolace_r/ablation.py SEED_KEYS). >= 3 for a meaningful interval.
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
 @dataclass
