@@ -4,8 +4,13 @@ from __future__ import annotations
 import base64
 import re
 
+import pytest
+
 from toolace_r import io as rio
-from toolace_r.report import build_report, iter_key, write_report
+from toolace_r.driver import format_summary
+from toolace_r.evaluate import summarize
+from toolace_r.report import add_item_statistics, build_report, iter_key, paired, write_report
+from toolace_r.stats import mcnemar, wilson_interval
 
 
 def _eval(acc: float, refined: float) -> dict:
@@ -60,7 +65,12 @@ def test_report_structure_and_nulls_for_unfinished_stages(tmp_path):
     assert it1["counts"] == {"mastered": 40, "learnable": 30, "too_hard": 30}
     assert it1["pass_rate_histogram"]["counts"] == [30, 10, 10, 10, 40]
     assert it1["eval"] is None and it1["train"] is None  # not run yet
-    assert report["final_model"] == "/r/iter_000/model"
+    # the loop has not stopped: no final model is chosen yet (the driver records its choice when it stops)
+    assert report["final_model"] is None and report["final_model_dir"] is None
+    assert not it0["final"] and report["dev"] is None and report["baseline_dev"] is None
+    # intervals without exact counts (an older state.json) come from rate × n
+    assert report["baseline"]["accuracy_ci95"] == list(wilson_interval(1, 20))
+    assert it0["eval"]["categories"]["simple"]["accuracy_ci95"] == list(wilson_interval(6, 10))
 
 
 def test_write_report_files_with_embedded_plots(tmp_path):
@@ -80,3 +90,102 @@ def test_report_of_an_empty_run_dir(tmp_path):
     report = write_report(tmp_path)
     assert report["iterations"] == [] and report["baseline"] is None
     assert (tmp_path / "report.html").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def _outputs(pattern: dict[str, list[tuple[int, int]]]) -> list[dict]:
+    """evaluate()'s output rows from (valid, refined_valid) pairs per group."""
+    rows = []
+    for group, pairs in pattern.items():
+        for i, (single, refined) in enumerate(pairs):
+            rows.append({"id": f"{group}-{i}", "group": group, "category": group, "first_answer": "a",
+                         "answer": "a" if single == refined else "b", "valid": bool(single),
+                         "refined_valid": bool(refined), "refined_error_type": None if refined else "wrong",
+                         "rounds": 2, "tokens": 10, "forward_passes": 2, "time_s": 0.1,
+                         "valid_by_round": [bool(single), bool(refined)]})
+    return rows
+
+
+def _evaluated(pattern: dict[str, list[tuple[int, int]]]) -> tuple[dict, list[dict]]:
+    outputs = _outputs(pattern)
+    return add_item_statistics(summarize(outputs), outputs), outputs
+
+
+DEV = {"simple": [(1, 1)] * 6 + [(0, 1)] * 3 + [(0, 0)] * 3, "irrelevance": [(1, 1)] * 2 + [(1, 0)] + [(0, 0)] * 5}
+TEST = {"simple": [(1, 1)] * 9 + [(0, 1)] * 5 + [(1, 0)] + [(0, 0)] * 5, "multiple": [(0, 0)] * 7 + [(1, 1)] * 3}
+BASE_TEST = {"simple": [(0, 0)] * 20, "multiple": [(0, 0)] * 7 + [(1, 1)] * 3}
+
+
+def finished_state() -> tuple[dict, dict[str, list[dict]]]:
+    """A stopped run with a dev split: dev and test evaluations of the untrained model and two iterations, the
+    driver's choice (iteration 0, better on dev although iteration 1 is better on test)."""
+    state = two_iteration_state()
+    stages = state["stages"]
+    stages["pool"] = _stage({"pool_size": 80, "loaded_size": 100, "fingerprint": "x", "dev_size": 20,
+                             "dev_fingerprint": "d", "dev_categories": {"simple": 12, "irrelevance": 8}})
+    outputs = {}
+    for key, pattern in [("baseline/dev_eval", BASE_TEST), ("baseline/eval", BASE_TEST),
+                         (iter_key(0, "dev_eval"), DEV), (iter_key(0, "eval"), TEST),
+                         (iter_key(1, "dev_eval"), {g: v[:-2] + [(0, 0)] * 2 for g, v in DEV.items()}),
+                         (iter_key(1, "eval"), {g: [(1, 1)] * len(v) for g, v in TEST.items()})]:
+        result, outputs[key] = _evaluated(pattern)
+        stages[key] = _stage(result)
+    stages[iter_key(1, "train")] = _stage({"model_dir": "/r/iter_001/model", "train_tokens": 1, "steps": 1})
+    stages[iter_key(1, "corpus")] = _stage({"rows": 70, "refine_samples": 20})
+    dev0 = build_report({"stages": stages}, "/r")["iterations"][0]["dev_eval"]
+    state["stopped"] = {"iteration": 1, "reason": "max_iterations (2) reached"}
+    state["final_model"] = {"iteration": 0, "model_dir": "/r/iter_000/model", "metric": "refined_accuracy",
+                            "value": dev0["refined_accuracy"], "reason": "best dev refined_accuracy ... at iteration 0"}
+    base = outputs["baseline/eval"]
+    final = outputs[iter_key(0, "eval")]
+    state["final_vs_baseline"] = {rate: paired([r[col] for r in base], [r[col] for r in final])
+                                  for rate, col in (("accuracy", "valid"), ("refined_accuracy", "refined_valid"))}
+    return state, outputs
+
+
+def test_every_accuracy_carries_the_wilson_interval_of_its_counts(tmp_path):
+    state, outputs = finished_state()
+    report = build_report(state, tmp_path)
+    evals = {"baseline/eval": report["baseline"], "baseline/dev_eval": report["baseline_dev"]}
+    for e in report["iterations"]:
+        evals[iter_key(e["iteration"], "eval")] = e["eval"]
+        evals[iter_key(e["iteration"], "dev_eval")] = e["dev_eval"]
+    for key, summary in evals.items():
+        rows = outputs[key]
+        groups = {"overall": rows} | {g: [r for r in rows if r["group"] == g] for g in {r["group"] for r in rows}}
+        for group, items in groups.items():
+            fig = summary if group == "overall" else summary["categories"][group]
+            n, k, k_ref = len(items), sum(r["valid"] for r in items), sum(r["refined_valid"] for r in items)
+            assert fig["n"] == n
+            assert fig["accuracy"] == k / n and fig["accuracy_ci95"] == list(wilson_interval(k, n)), (key, group)
+            assert fig["refined_accuracy_ci95"] == list(wilson_interval(k_ref, n)), (key, group)
+            pair = mcnemar([r["valid"] for r in items], [r["refined_valid"] for r in items])
+            assert fig["refined_vs_single"]["a_only"] == pair["a_only"]  # only the single pass right
+            assert fig["refined_vs_single"]["b_only"] == pair["b_only"]  # only refinement right
+            assert fig["refined_vs_single"]["p_value"] == pair["p_value"]
+    t = report["iterations"][0]["eval"]["refined_vs_single"]  # TEST: 5 items fixed by refinement, 1 broken
+    assert (t["a_only"], t["b_only"]) == (1, 5) and t["diff"] == pytest.approx(4 / 30)
+    assert t["p_value"] == pytest.approx(2 * (1 + 6) / 2 ** 6)
+
+
+def test_final_model_entry_marks_the_choice_and_its_figures(tmp_path):
+    state, _ = finished_state()
+    rio.write_json(tmp_path / "state.json", state)
+    report = write_report(tmp_path)
+    final = report["final_model"]
+    assert final["iteration"] == 0 and final["model_dir"] == "/r/iter_000/model" == report["final_model_dir"]
+    assert final["metric"] == "refined_accuracy" and final["reason"].startswith("best dev")
+    assert final["dev"] == {k: v for k, v in report["iterations"][0]["dev_eval"].items() if k != "categories"}
+    assert final["test"]["accuracy"] == report["iterations"][0]["eval"]["accuracy"]
+    assert final["test_vs_baseline"]["accuracy"]["b_only"] == 10  # simple: 10 right single pass vs 0 untrained
+    assert [e["final"] for e in report["iterations"]] == [True, False]
+    assert report["dev"] == {"size": 20, "fingerprint": "d", "categories": {"simple": 12, "irrelevance": 8}}
+    assert report["pool_size"] == 80  # what the loop trained on: the dev split is not in it
+    page = (tmp_path / "report.html").read_text()
+    dev0 = report["iterations"][0]["dev_eval"]
+    figure = f"{dev0['refined_accuracy']:.3f} [{dev0['refined_accuracy_ci95'][0]:.3f}, {dev0['refined_accuracy_ci95'][1]:.3f}]"
+    assert figure in page and "★ final" in page and "dev refined" in page and "test refined" in page
+    table = format_summary(report)
+    assert figure in table and "* final model: best dev" in table
+    line0 = next(line for line in table.splitlines() if line.strip().startswith("0 *"))
+    assert figure in line0

@@ -64,6 +64,14 @@ class PoolConfig:
     on_error: str = "raise"  # raise | skip (skips are counted and reported)
     limit: int = 0  # 0 = all records
     builtin: BuiltinPoolConfig = field(default_factory=BuiltinPoolConfig)
+    # Dev split: this many samples are carved out of the loaded pool (after `limit`), stratified by category (each
+    # category keeps its share, largest remainder), drawn from `dev_seed` — deterministic for a given pool and seed,
+    # whatever order the samples come in. The loop never probes, selects or trains on them; every accuracy-based
+    # decision (run.stop_when_accuracy_stalls, the final model) is made on them, and the test sets (eval.data) are
+    # evaluated only after the loop has stopped. Written to RUN_DIR/dev.jsonl; eval.limit does not apply to it.
+    # 0 = no dev split: no accuracy-based decision is made and the final model is the last iteration's.
+    dev_size: int = 0
+    dev_seed: int = 0
 
 
 @dataclass
@@ -207,7 +215,11 @@ class RunConfig:
     dir: str = "runs/demo"
     max_iterations: int = 3
     stop_when_selection_stalls: bool = True
+    # stop when the dev metric (final_model_metric) has not improved for `patience` iterations; needs pool.dev_size > 0
     stop_when_accuracy_stalls: bool = False
+    # The dev-split figure that picks report.json's final_model (best iteration, ties → the earlier one) and that
+    # stop_when_accuracy_stalls watches: refined_accuracy (what the server answers with) | accuracy (single pass).
+    final_model_metric: str = "refined_accuracy"
     probe_first_iteration: bool = False  # probe the untrained model too (iteration 0 trains on the seed subset anyway)
     patience: int = 1
     ray_address: str = ""  # "" = ray.init() default (local, or the cluster of a `ray job submit`)
@@ -235,6 +247,7 @@ _CHOICES = {
     "model.prompt_style": set(SYSTEM_TEMPLATES),  # every style prompts.py can render
     "pool.format": {"auto", "toolace", "sharegpt", "openai", "bfcl", "apibank", "toolrl", "samples"},
     "pool.on_error": {"raise", "skip"},
+    "run.final_model_metric": {"refined_accuracy", "accuracy"},
     "probe.decoder": {"lenient", "bfcl"},
     "eval.decoder": {"lenient", "bfcl"},
     "select.policy": {"learnable", "threshold", "all", "random"},

@@ -1,13 +1,18 @@
 """The iterative ToolACE-R job driver: the paper's loop, run stage by stage on Ray, resumable after any crash.
 
-    baseline ← evaluate(untrained model)
+    pool, dev ← split(pool, pool.dev_size)                dev: stratified by category, never trained on
     for t = 0, 1, ...:
         rows_t   ← probe(model_t, pool)                 k sampled answers per pool sample → pass rate (t = 0: optional)
         S_t      ← select(rows_t, S_<t)                  model-aware: keep what the model can learn but has not mastered
         D_t      ← build_corpus(S_t, rows_t)             direct samples + self-refinement samples from its own answers
         model_t+1 ← train(model_t, D_t)                  continues from the previous iteration's model
-        acc_t    ← evaluate(model_t+1, held-out)          single pass and adaptive refinement
-        stop when t + 1 = max_iterations, S_t adds nothing new, or acc_t has not improved for `patience` iterations
+        dev_t    ← evaluate(model_t+1, dev)               single pass and adaptive refinement
+        stop when t + 1 = max_iterations, S_t adds nothing new, or dev_t has not improved for `patience` iterations
+    final ← argmax_t dev_t (run.final_model_metric; ties → earlier t); no dev split → the last model
+    then, and only then: evaluate(untrained model, test), evaluate(model_t+1, test) for every t   (eval.data)
+
+Every decision sees dev figures only; the test sets are read after the loop has stopped and the final model has been
+recorded, so the test curve in the report is an honest estimate, never a figure something was tuned on.
 
 `run(cfg)` below is that loop. Every stage writes into `RUN_DIR/iter_NNN/` and is recorded in `RUN_DIR/state.json`
 (atomic writes) once it has finished; a rerun with the same run dir replays the recorded results and resumes at
@@ -17,6 +22,7 @@ every stage. Ablation arms (plain SFT, random selection, no refinement corpus) a
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -39,13 +45,14 @@ from toolace_r.report import STATE_FILE, iter_key, write_report
 log = logging.getLogger("toolace_r.driver")
 
 CONFIG_FILE = "config.yaml"
+DEV_FILE = "dev.jsonl"  # the dev split (Sample rows), what every iter_NNN/dev_eval evaluates
 # Test hook (tests/test_faults.py): the driver SIGKILLs itself right after recording this stage key as finished,
 # i.e. a crash at a stage boundary before the report is rebuilt. Unset — always, outside tests — it does nothing.
 TEST_KILL_ENV = "TOOLACE_TEST_KILL_AFTER_STAGE"
 # Keys that only say how (or how long) to run, not what is computed: they may change between a run and its resume.
 RESUME_SAFE = (
     "run.dir", "run.ray_address", "run.num_cpus", "run.log_level", "run.max_iterations", "run.patience",
-    "run.stop_when_selection_stalls", "run.stop_when_accuracy_stalls",
+    "run.stop_when_selection_stalls", "run.stop_when_accuracy_stalls", "run.final_model_metric",
     "probe.num_actors", "probe.cpus_per_actor", "probe.gpus_per_actor", "probe.batch_size",
     "eval.num_actors", "eval.cpus_per_actor", "eval.gpus_per_actor", "eval.batch_size",
     "train.storage_path", "train.max_failures", "train.checkpoint_every", "serve.", "ablation.",
@@ -131,12 +138,64 @@ def accuracy_stalled(accuracies: list[float], patience: int) -> bool:
 
 
 def stop_after_eval(run_cfg: RunConfig, iteration: int, accuracies: list[float]) -> str | None:
-    """Checked after each iteration's evaluation. `accuracies` = overall single-pass accuracy of iterations 0..t."""
+    """Checked after each iteration's dev evaluation. `accuracies` = the dev split's `run.final_model_metric` of
+    iterations 0..t (empty without a dev split: then only max_iterations can stop the loop here)."""
     if run_cfg.stop_when_accuracy_stalls and accuracy_stalled(accuracies, run_cfg.patience):
-        return f"held-out accuracy has not improved for {max(1, run_cfg.patience)} iteration(s)"
+        return f"dev {run_cfg.final_model_metric} has not improved for {max(1, run_cfg.patience)} iteration(s)"
     if iteration + 1 >= run_cfg.max_iterations:
         return f"max_iterations ({run_cfg.max_iterations}) reached"
     return None
+
+
+def check_decision_config(cfg: Config) -> None:
+    """Accuracy-based decisions need the dev split: no figure of the test sets may drive one."""
+    if cfg.pool.dev_size < 0:
+        raise ConfigError(f"pool.dev_size must be >= 0, got {cfg.pool.dev_size}")
+    if cfg.run.stop_when_accuracy_stalls and cfg.pool.dev_size <= 0:
+        raise ConfigError("run.stop_when_accuracy_stalls=true needs a dev split to watch, but pool.dev_size is 0; "
+                          "set pool.dev_size (samples carved out of the pool) or run.stop_when_accuracy_stalls=false "
+                          "(the test sets are never used for a decision)")
+
+
+def choose_final_model(models: dict[int, str], dev: dict[int, dict | None], metric: str) -> dict | None:
+    """The final model, chosen on the dev split only: the trained iteration with the best dev `metric` (ties → the
+    earlier iteration). `models`: iteration → model dir of every trained iteration; `dev`: iteration → its dev
+    evaluation (evaluate()'s result; absent without a dev split, then the last iteration's model is final).
+    The untrained model is not a candidate: the run's deliverable is a model it trained; the report still compares
+    the final model with the untrained one on the test sets (paired test), which shows when training did not pay."""
+    from toolace_r.report import eval_summary, fmt_ci
+
+    if not models:
+        return None
+    its = sorted(models)
+    scored = {it: eval_summary(dev[it]) for it in its if dev.get(it)}
+    if not scored:
+        last = its[-1]
+        return {"iteration": last, "model_dir": models[last], "metric": None, "value": None,
+                "reason": f"no dev split (pool.dev_size = 0): the last iteration's model ({last}), chosen without "
+                          f"any accuracy figure"}
+    best = max(scored, key=lambda it: (scored[it][metric] if scored[it][metric] is not None else -1.0, -it))
+    fig = scored[best]
+    return {"iteration": best, "model_dir": models[best], "metric": metric, "value": fig[metric],
+            "reason": f"best dev {metric} {fmt_ci(fig[metric], fig[f'{metric}_ci95'])} at iteration {best} of "
+                      f"{len(its)} trained (iterations {its[0]}–{its[-1]}, ties to the earlier); dev n = {fig['n']}"}
+
+
+def final_vs_baseline(baseline_outputs: Path, final_outputs: Path) -> dict | None:
+    """Paired tests of the final model against the untrained one on the same test items (outputs.jsonl of both,
+    matched by group and id): {"accuracy": PAIRED, "refined_accuracy": PAIRED}, a = untrained, b = final."""
+    from toolace_r.report import paired
+
+    if not (baseline_outputs.is_file() and final_outputs.is_file()):
+        return None
+    base = {(r["group"], r["id"]): r for r in rio.read_jsonl(baseline_outputs)}
+    final = {(r["group"], r["id"]): r for r in rio.read_jsonl(final_outputs)}
+    keys = sorted(base.keys() & final.keys())
+    if len(keys) != len(base) or len(keys) != len(final):
+        log.warning("final vs untrained: %d shared test items (%d and %d evaluated); comparing the shared ones",
+                    len(keys), len(base), len(final))
+    return {rate: paired([bool(base[k][col]) for k in keys], [bool(final[k][col]) for k in keys])
+            for rate, col in (("accuracy", "valid"), ("refined_accuracy", "refined_valid"))}
 
 
 # ------------------------------------------------------------------------------------------------ run dir + config
@@ -213,9 +272,11 @@ def pool_fingerprint(samples: list[Sample]) -> str:
     return hashlib.sha256("\n".join(sorted(s.id for s in samples)).encode()).hexdigest()[:16]
 
 
-def load_pool_stage(cfg: Config, state: RunState, run_dir: Path) -> list[Sample]:
-    """Load the pool (deterministic for a given config) and check on resume that it is still the same pool."""
-    from toolace_r.data.pool import load_pool_result
+def load_pool_stage(cfg: Config, state: RunState, run_dir: Path) -> tuple[list[Sample], list[Sample]]:
+    """Load the pool (deterministic for a given config), carve the dev split out of it (pool.dev_size, stratified by
+    category; written to RUN_DIR/dev.jsonl) and check on resume that both are still the same. Returns (the pool the
+    loop probes, selects and trains on, the dev split)."""
+    from toolace_r.data.pool import load_pool_result, split_dev
 
     t0 = time.time()
     read = load_pool_result(cfg.pool)
@@ -226,27 +287,47 @@ def load_pool_stage(cfg: Config, state: RunState, run_dir: Path) -> list[Sample]
         raise DataError(f"pool {cfg.pool.path}: {len(dupes)} duplicate sample ids, e.g. {dupes[0]!r}; ids must be unique")
     if not pool:
         raise DataError(f"pool {cfg.pool.path}: no samples")
-    fingerprint = pool_fingerprint(pool)
+    fingerprint = pool_fingerprint(pool)  # of the pool as loaded, dev included
+    loaded = len(pool)
+    pool, dev = split_dev(pool, cfg.pool.dev_size, cfg.pool.dev_seed)
+    dev_fingerprint = pool_fingerprint(dev) if dev else None
     if state.done("pool"):
-        if state.result("pool")["fingerprint"] != fingerprint:
+        then = state.result("pool")
+        if then["fingerprint"] != fingerprint:
             raise DataError(f"pool {cfg.pool.path} changed since run dir {run_dir} was started "
-                            f"({len(pool)} samples now, {state.result('pool')['pool_size']} then); use a new run.dir")
+                            f"({loaded} samples now, {then.get('loaded_size', then['pool_size'])} then); use a new run.dir")
+        if then.get("dev_fingerprint") != dev_fingerprint:
+            raise DataError(f"the dev split changed since run dir {run_dir} was started ({len(dev)} samples now, "
+                            f"{then.get('dev_size', 0)} then; pool.dev_size / pool.dev_seed): decisions made on the old "
+                            f"one would be mixed with the new; use a new run.dir")
     else:
         started = state.start("pool")
-        state.finish("pool", {"pool_size": len(pool), "fingerprint": fingerprint,
+        state.finish("pool", {"pool_size": len(pool), "loaded_size": loaded, "fingerprint": fingerprint,
                               "categories": dict(Counter(s.category for s in pool)),
+                              "dev_size": len(dev), "dev_fingerprint": dev_fingerprint, "dev_seed": cfg.pool.dev_seed,
+                              "dev_categories": dict(Counter(s.category for s in dev)),
                               "records": read.records, "skipped": read.skipped, "skip_examples": read.errors[:5]},
                      started)
+    if dev:
+        rio.write_samples(run_dir / DEV_FILE, dev)
+        log.info("dev split: %d samples (%s) carved out of the pool, fingerprint %s", len(dev),
+                 ", ".join(f"{c} {n}" for c, n in sorted(Counter(s.category for s in dev).items())), dev_fingerprint)
     log.info("pool: %d samples (%s) from %d records loaded in %.1f s", len(pool),
              ", ".join(f"{c} {n}" for c, n in sorted(Counter(s.category for s in pool).items())), read.records,
              time.time() - t0)
     if read.skipped:
         log.warning("pool: %d bad records skipped (pool.on_error=skip); first: %s", read.skipped, read.errors[0])
-    return pool
+    return pool, dev
 
 
 def base_model_stage(cfg: Config, pool: list[Sample], run_dir: Path) -> dict:
-    """model.path, or for "tiny" a tiny Llama with a tokenizer trained on the pool text, built into RUN_DIR/base_model."""
+    """model.path; "tiny-base" = the warm tiny base model (shipped, cached or pre-trained on the general corpus:
+    toolace_r.base_model); "tiny" = a randomly initialised tiny Llama with a tokenizer trained on the pool text,
+    built into RUN_DIR/base_model."""
+    if cfg.model.path == "tiny-base":
+        from toolace_r.base_model import base_spec, resolve_base_model, spec_hash
+
+        return {"model_dir": str(resolve_base_model(cfg)), "built": False, "base_hash": spec_hash(base_spec(cfg))}
     if cfg.model.path != "tiny":
         return {"model_dir": cfg.model.path, "built": False}
     from toolace_r.data.pool import pool_texts
@@ -339,15 +420,30 @@ def train_stage(cfg: Config, model_dir: str, corpus_path: str, out: Path) -> dic
     return json.loads(json.dumps(metrics, default=str))  # JSON-safe copy for state.json
 
 
-def eval_stage(cfg: Config, model_dir: str, out: Path) -> dict:
+def eval_stage(cfg: Config, model_dir: str, out: Path, dev_spec: str | None = None) -> dict:
+    """Evaluate on the test sets (eval.data) into out/eval/ and out/eval.json, or — with `dev_spec`, the dev split's
+    file — on the dev split into out/dev_eval/ (same eval settings; eval.limit does not cut it, pool.dev_size is its
+    size). Per group and overall the result also gets exact counts and the paired test refined vs single pass."""
     from toolace_r.evaluate import evaluate
+    from toolace_r.report import add_item_statistics
 
-    shutil.rmtree(out / "eval", ignore_errors=True)
-    result = evaluate(cfg, model_dir, list(cfg.eval.data), str(out / "eval"))
-    rio.write_json(out / "eval.json", result)
+    name = "dev_eval" if dev_spec else "eval"
+    if dev_spec:
+        eval_cfg = copy.deepcopy(cfg)
+        eval_cfg.eval.limit = 0
+        specs = [dev_spec]
+    else:
+        eval_cfg, specs = cfg, list(cfg.eval.data)
+    shutil.rmtree(out / name, ignore_errors=True)
+    result = evaluate(eval_cfg, model_dir, specs, str(out / name))
+    if (out / name / "outputs.jsonl").is_file():
+        add_item_statistics(result, rio.read_jsonl(out / name / "outputs.jsonl"))
+    if not dev_spec:
+        rio.write_json(out / "eval.json", result)
     o = result.get("overall", {})
-    log.info("eval: accuracy %.3f single pass, %.3f with adaptive refinement (mean rounds %.2f) on %s samples",
-             o.get("accuracy") or 0.0, o.get("refined_accuracy") or 0.0, o.get("mean_rounds") or 0.0, o.get("n"))
+    log.info("%s: accuracy %.3f single pass, %.3f with adaptive refinement (mean rounds %.2f) on %s samples",
+             "dev eval" if dev_spec else "test eval", o.get("accuracy") or 0.0, o.get("refined_accuracy") or 0.0,
+             o.get("mean_rounds") or 0.0, o.get("n"))
     return json.loads(json.dumps(result, default=str))
 
 
@@ -360,6 +456,7 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
     from toolace_r.storage import RunDir
 
     t_start = time.time()
+    check_decision_config(cfg)
     location = RunDir(cfg.run.dir)  # a path, or s3://… / gs://… used through a local mirror
     location.pull()
     run_dir = prepare_run_dir(cfg, location.local)
@@ -368,13 +465,19 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
     started_ray = init_ray(cfg)
     try:
         stage = lambda key, fn: run_stage(state, run_dir, key, fn, location.push)  # noqa: E731
-        pool = load_pool_stage(cfg, state, run_dir)
+        pool, dev = load_pool_stage(cfg, state, run_dir)
+        dev_spec = str(run_dir / DEV_FILE) if dev else None
         by_id = {s.id: s for s in pool}
         model = stage("base_model", lambda: base_model_stage(cfg, pool, run_dir))["model_dir"]
-        stage("baseline/eval", lambda: eval_stage(cfg, model, run_dir / "baseline"))
+        base_model = model
+        if dev_spec:  # where the dev curve starts; not a candidate for the final model (choose_final_model)
+            stage("baseline/dev_eval", lambda: eval_stage(cfg, base_model, run_dir / "baseline", dev_spec))
 
         selected: set[str] = set()
-        accuracies: list[float] = []
+        metric = cfg.run.final_model_metric
+        accuracies: list[float] = []  # dev `metric` of each trained iteration (empty without a dev split)
+        models: dict[int, str] = {}  # iteration → the model it trained
+        dev_results: dict[int, dict] = {}
         reason, iteration = None, -1
         for iteration in range(cfg.run.max_iterations):
             it_dir = run_dir / f"iter_{iteration:03d}"
@@ -397,9 +500,11 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
             corpus = stage(iter_key(iteration, "corpus"),
                            lambda: corpus_stage(cfg, by_id, rows, ids, style, it_dir))
             trained = stage(iter_key(iteration, "train"), lambda: train_stage(cfg, model, corpus["path"], it_dir))
-            model = trained["model_dir"]
-            evaluated = stage(iter_key(iteration, "eval"), lambda: eval_stage(cfg, model, it_dir))
-            accuracies.append(float(evaluated["overall"]["accuracy"]))
+            model = models[iteration] = trained["model_dir"]
+            if dev_spec:
+                dev_results[iteration] = stage(iter_key(iteration, "dev_eval"),
+                                               lambda: eval_stage(cfg, model, it_dir, dev_spec))
+                accuracies.append(float(dev_results[iteration]["overall"][metric]))
             reason = stop_after_eval(cfg.run, iteration, accuracies)
             if reason:
                 break
@@ -407,6 +512,20 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
             reason = "max_iterations reached" if cfg.run.max_iterations > 0 else "max_iterations is 0"
         state.set_stopped(iteration, reason)
         log.info("stopped after iteration %d: %s (%.1f s this invocation)", iteration, reason, time.time() - t_start)
+        final = choose_final_model(models, dev_results, metric)
+        state.data["final_model"] = final  # recorded before any test set is read
+        state.save()
+        if final:
+            log.info("final model: iteration %s, %s — %s", final["iteration"], final["model_dir"], final["reason"])
+
+        # The test sets (eval.data), only now: the untrained model and every trained iteration, for the report.
+        stage("baseline/eval", lambda: eval_stage(cfg, base_model, run_dir / "baseline"))
+        for it, model_dir in sorted(models.items()):
+            stage(iter_key(it, "eval"), lambda: eval_stage(cfg, model_dir, run_dir / f"iter_{it:03d}"))
+        state.data["final_vs_baseline"] = final and final_vs_baseline(
+            run_dir / "baseline" / "eval" / "outputs.jsonl",
+            run_dir / f"iter_{final['iteration']:03d}" / "eval" / "outputs.jsonl")
+        state.save()
         report = write_report(run_dir)
         location.push()
         return report
@@ -418,19 +537,36 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
 
 
 def format_summary(report: dict) -> str:
-    """The table `toolace-r run` prints at the end."""
-    lines = [f"{'iteration':>10} {'accuracy':>9} {'refined':>9} {'rounds':>7} {'selected':>9} {'refine':>7} {'wall s':>8}"]
-    base = report.get("baseline") or {}
-    if base:
-        lines.append(f"{'untrained':>10} {base.get('accuracy', 0):>9.3f} {base.get('refined_accuracy') or 0:>9.3f} "
-                     f"{base.get('mean_rounds') or 0:>7.2f}")
+    """The table `toolace-r run` prints at the end: per model the dev figure the driver decided on, the test figures
+    (evaluated after the loop stopped), each as accuracy [95 % Wilson interval]; `*` marks the final model."""
+    from toolace_r.report import fmt_ci
+
+    final = report.get("final_model") or {}
+    metric = final.get("metric") or "refined_accuracy"
+    dev_head = f"dev {'refined' if metric == 'refined_accuracy' else 'single'}"
+    ci = lambda ev, rate: fmt_ci(ev.get(rate), ev.get(f"{rate}_ci95")) if ev else "–"  # noqa: E731
+    w = 21
+    lines = [f"{'iteration':>11} {dev_head:>{w}} {'test single':>{w}} {'test refined':>{w}} {'rounds':>6} "
+             f"{'selected':>8} {'refine':>6} {'wall s':>7}"]
+    base, base_dev = report.get("baseline") or {}, report.get("baseline_dev") or {}
+    if base or base_dev:
+        rounds = f"{base['mean_rounds']:.2f}" if base.get("mean_rounds") is not None else "–"
+        lines.append(f"{'untrained':>11} {ci(base_dev, metric):>{w}} {ci(base, 'accuracy'):>{w}} "
+                     f"{ci(base, 'refined_accuracy'):>{w}} {rounds:>6}")
     for e in report["iterations"]:
-        ev = e["eval"] or {}
-        acc = f"{ev['accuracy']:.3f}" if ev.get("accuracy") is not None else "–"
-        ref = f"{ev['refined_accuracy']:.3f}" if ev.get("refined_accuracy") is not None else "–"
+        ev, dev = e["eval"] or {}, e.get("dev_eval") or {}
         rounds = f"{ev['mean_rounds']:.2f}" if ev.get("mean_rounds") is not None else "–"
-        lines.append(f"{e['iteration']:>10} {acc:>9} {ref:>9} {rounds:>7} {e['selected'] or 0:>9} "
-                     f"{e['refine_samples'] or 0:>7} {sum(e['wall_s'].values()):>8.1f}")
+        label = f"{e['iteration']}{' *' if e.get('final') else '  '}"
+        lines.append(f"{label:>11} {ci(dev, metric):>{w}} {ci(ev, 'accuracy'):>{w}} {ci(ev, 'refined_accuracy'):>{w}} "
+                     f"{rounds:>6} {e['selected'] or 0:>8} {e['refine_samples'] or 0:>6} {sum(e['wall_s'].values()):>7.1f}")
+    if final:
+        lines.append(f"\n* final model: {final.get('reason')}")
+        vs = final.get("test_vs_baseline") or {}
+        for rate, label in (("accuracy", "single pass"), ("refined_accuracy", "refined")):
+            t = vs.get(rate)
+            if t:
+                lines.append(f"  test vs untrained, {label}: {t['diff']:+.3f} ({t['a_only']} items only the untrained "
+                             f"model gets right, {t['b_only']} only the final one; exact McNemar p = {t['p_value']:.3g})")
     return "\n".join(lines)
 
 
@@ -442,6 +578,6 @@ def run_command(args, cfg: Config) -> int:
     print(format_summary(report))
     stopped = report.get("stopped") or {}
     print(f"\nstopped: {stopped.get('reason')}\nreport: {run_dir / 'report.json'}\nplots:  {run_dir / 'report.html'}")
-    if report.get("final_model"):
-        print(f"model:  {report['final_model']}")
+    if report.get("final_model_dir"):
+        print(f"model:  {report['final_model_dir']}")
     return 0

@@ -6,13 +6,27 @@ by reloading the HTML page. `toolace-r`'s report is meant to answer one question
 iterations help, and does adaptive refinement add to single-pass accuracy?
 
 report.json:
-    {"run_dir", "updated_at", "stopped": {"iteration", "reason"} | null, "final_model": path | null,
-     "baseline": {"accuracy", "refined_accuracy", "mean_rounds", "categories": {cat: {...}}},
-     "iterations": [{"iteration", "eval": {"accuracy", "refined_accuracy", "mean_rounds", "categories": {...}},
+    {"run_dir", "updated_at", "stopped": {"iteration", "reason"} | null,
+     "final_model": {"iteration", "model_dir", "metric", "value", "reason", "dev": FIGURES | null,
+                     "test": FIGURES | null, "test_vs_baseline": {"accuracy": PAIRED, "refined_accuracy": PAIRED} | null}
+                    | null (until the loop has stopped, or when no iteration trained a model),
+     "final_model_dir": path | null, "base_model", "pool_size" (what the loop trains on, dev excluded),
+     "dev": {"size", "fingerprint", "categories"} | null,
+     "baseline": EVAL (test sets) | null, "baseline_dev": EVAL (dev split) | null,
+     "iterations": [{"iteration", "eval": EVAL (test sets, evaluated after the loop stopped) | null,
+                     "dev_eval": EVAL (dev split, what the driver decided on) | null, "final": bool,
                      "pool_size", "pass_rate_histogram": {"bins", "counts"} | null,
                      "counts": {"mastered", "learnable", "too_hard"} | null, "selected", "selected_total", "new_selected",
                      "refine_samples", "corpus_rows", "train": {"loss_first", "loss_last", "tokens_per_s", "train_tokens",
                      "steps", "wall_s"}, "wall_s": {stage: seconds}}, ...]}
+    EVAL = FIGURES + {"mean_rounds", "tokens", "time_s", "categories": {cat: FIGURES + {"mean_rounds"}}}
+    FIGURES = {"n", "accuracy", "accuracy_ci95": [lo, hi], "refined_accuracy", "refined_accuracy_ci95": [lo, hi],
+               "refined_vs_single": PAIRED (a = single pass, b = adaptive refinement, same items) | null}
+    PAIRED = {"n", "a_only", "b_only", "diff", "p_value"}: exact McNemar test (toolace_r.stats.mcnemar); a_only = items
+             only a gets right, diff = accuracy(b) − accuracy(a); for test_vs_baseline a = the untrained model and
+             b = the final model.
+Intervals are 95 % Wilson intervals of the counts (toolace_r.stats.wilson_interval). The final model is chosen by
+the driver on the dev split (pool.dev_size, run.final_model_metric) before any test set is read; its reason says how.
 Fields of a stage that has not run yet are null.
 """
 from __future__ import annotations
@@ -26,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from toolace_r import io as rio
+from toolace_r.stats import mcnemar, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +48,7 @@ STATE_FILE = "state.json"
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 PLOTS_DIR = "plots"
-ITER_STAGES = ("probe", "select", "corpus", "train", "eval")
+ITER_STAGES = ("probe", "select", "corpus", "train", "dev_eval", "eval")
 TRAIN_KEYS = ("loss_first", "loss_last", "tokens_per_s", "train_tokens", "steps", "padding_fraction", "wall_s")
 
 
@@ -42,25 +57,72 @@ def iter_key(iteration: int, stage: str) -> str:
     return f"iter_{iteration:03d}/{stage}"
 
 
+def paired(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    """Exact McNemar test of verdicts b against a on the same items, plus the accuracy difference b − a."""
+    test = mcnemar(a, b)
+    n = test["n"]
+    return {"n": n, "a_only": test["a_only"], "b_only": test["b_only"],
+            "diff": (test["b_only"] - test["a_only"]) / n if n else 0.0, "p_value": test["p_value"]}
+
+
+def add_item_statistics(result: dict[str, Any], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per group and overall of an evaluate() result: exact counts (`correct`, `refined_correct`) and the paired
+    test of adaptive refinement against the single pass over the same items (`refined_vs_single`), from the rows of
+    outputs.jsonl (`group`, `valid`, `refined_valid`). Mutates and returns `result`."""
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for row in outputs:
+        by_group.setdefault(row["group"], []).append(row)
+    for group, rows in list(by_group.items()) + [("overall", outputs)]:
+        if group not in result or not rows:
+            continue
+        single = [bool(r["valid"]) for r in rows]
+        refined = [bool(r["refined_valid"]) for r in rows]
+        result[group].update(correct=sum(single), refined_correct=sum(refined),
+                             refined_vs_single=paired(single, refined))
+    return result
+
+
+def _count(m: dict[str, Any], rate: str, count: str) -> int | None:
+    """Items right: the exact count where the stage recorded it, else rate × n (older run dirs)."""
+    if m.get(count) is not None:
+        return int(m[count])
+    if m.get(rate) is None or not m.get("n"):
+        return None
+    return round(float(m[rate]) * int(m["n"]))
+
+
+def figures(m: dict[str, Any]) -> dict[str, Any]:
+    """n, both accuracies with their 95 % Wilson intervals, and the refined-vs-single paired test of one group."""
+    n = m.get("n")
+    out: dict[str, Any] = {"n": n}
+    for rate, count in (("accuracy", "correct"), ("refined_accuracy", "refined_correct")):
+        k = _count(m, rate, count)
+        out[rate] = m.get(rate)
+        out[f"{rate}_ci95"] = list(wilson_interval(k, int(n))) if k is not None and n else None
+    out["refined_vs_single"] = m.get("refined_vs_single")
+    return out
+
+
 def eval_summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """evaluate()'s `{category: {...}, "overall": {...}}` → overall figures on top, categories below."""
     if not result:
         return None
     overall = result.get("overall", {})
     categories = {
-        cat: {k: m.get(k) for k in ("n", "accuracy", "refined_accuracy", "mean_rounds")}
+        cat: dict(figures(m), mean_rounds=m.get("mean_rounds"))
         for cat, m in result.items()
         if cat != "overall" and isinstance(m, dict)
     }
-    return {
-        "n": overall.get("n"),
-        "accuracy": overall.get("accuracy"),
-        "refined_accuracy": overall.get("refined_accuracy"),
-        "mean_rounds": overall.get("mean_rounds"),
-        "tokens": overall.get("tokens"),
-        "time_s": overall.get("time_s"),
-        "categories": categories,
-    }
+    return dict(figures(overall), mean_rounds=overall.get("mean_rounds"), tokens=overall.get("tokens"),
+                time_s=overall.get("time_s"), categories=categories)
+
+
+def fmt_ci(value: float | None, ci: list[float] | None, digits: int = 3) -> str:
+    """`0.712 [0.645, 0.771]`; `–` when there is no figure."""
+    if value is None:
+        return "–"
+    text = f"{value:.{digits}f}"
+    return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else text
 
 
 def _result(stages: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -76,6 +138,8 @@ def iteration_entry(stages: dict[str, Any], iteration: int, pool_size: int | Non
     return {
         "iteration": iteration,
         "eval": eval_summary(_result(stages, iter_key(iteration, "eval"))),
+        "dev_eval": eval_summary(_result(stages, iter_key(iteration, "dev_eval"))),
+        "final": False,
         "pool_size": pool_size,
         "probed": probe.get("n"),
         "pass_rate_histogram": probe.get("histogram"),
@@ -96,27 +160,47 @@ def iteration_entry(stages: dict[str, Any], iteration: int, pool_size: int | Non
     }
 
 
+def _overall(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {k: v for k, v in summary.items() if k != "categories"} if summary else None
+
+
+def final_model_entry(state: dict[str, Any], stages: dict[str, Any]) -> dict[str, Any] | None:
+    """The driver's recorded choice (state.json `final_model`, made on dev before any test set was read) with the
+    chosen model's dev and test figures and its paired test against the untrained model on the test sets."""
+    decision = state.get("final_model")
+    if not decision:
+        return None
+    it = decision.get("iteration")
+    entry = dict(decision)
+    entry["dev"] = _overall(eval_summary(_result(stages, iter_key(it, "dev_eval")))) if it is not None else None
+    entry["test"] = _overall(eval_summary(_result(stages, iter_key(it, "eval")))) if it is not None else None
+    entry["test_vs_baseline"] = state.get("final_vs_baseline")
+    return entry
+
+
 def build_report(state: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """The report.json object from a state.json object (pure; no file access)."""
     stages = state.get("stages", {})
     pool = _result(stages, "pool") or {}
     iterations = sorted({int(key[5:8]) for key in stages if key.startswith("iter_")})
-    baseline = eval_summary(_result(stages, "baseline/eval"))
-    last_model = None
-    for it in iterations:
-        train = _result(stages, iter_key(it, "train"))
-        if train:
-            last_model = train.get("model_dir")
+    final = final_model_entry(state, stages)
+    entries = [iteration_entry(stages, it, pool.get("pool_size")) for it in iterations]
+    for e in entries:
+        e["final"] = bool(final) and e["iteration"] == final.get("iteration")
     return {
         "run_dir": str(run_dir),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stopped": state.get("stopped"),
-        "final_model": last_model,
+        "final_model": final,
+        "final_model_dir": (final or {}).get("model_dir"),
         "base_model": (_result(stages, "base_model") or {}).get("model_dir"),
         "pool_size": pool.get("pool_size"),
         "pool_skipped": pool.get("skipped", 0),  # bad records skipped under pool.on_error=skip
-        "baseline": baseline,
-        "iterations": [iteration_entry(stages, it, pool.get("pool_size")) for it in iterations],
+        "dev": ({"size": pool["dev_size"], "fingerprint": pool.get("dev_fingerprint"),
+                 "categories": pool.get("dev_categories")} if pool.get("dev_size") else None),
+        "baseline": eval_summary(_result(stages, "baseline/eval")),
+        "baseline_dev": eval_summary(_result(stages, "baseline/dev_eval")),
+        "iterations": entries,
         "wall_s_total": round(sum(s.get("wall_s", 0.0) for s in stages.values()), 1),
     }
 
@@ -137,24 +221,36 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
 
     out: dict[str, str] = {}
     its = report["iterations"]
-    evald = [e for e in its if e["eval"]]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    if evald:
-        xs = [e["iteration"] for e in evald]
-        ax.plot(xs, [e["eval"]["accuracy"] for e in evald], "o-", label="single pass")
-        if all(e["eval"].get("refined_accuracy") is not None for e in evald):
-            ax.plot(xs, [e["eval"]["refined_accuracy"] for e in evald], "s--", label="adaptive refinement")
-        ax.set_xticks(xs)
+
+    def curve(entries: list[dict], key: str, rate: str, fmt: str, label: str, **kw) -> None:
+        pts = [(e["iteration"], e[key]) for e in entries if e[key] and e[key].get(rate) is not None]
+        if not pts:
+            return
+        xs, ys = [x for x, _ in pts], [ev[rate] for _, ev in pts]
+        cis = [ev.get(f"{rate}_ci95") or [y, y] for (_, ev), y in zip(pts, ys)]
+        ax.errorbar(xs, ys, yerr=[[y - c[0] for y, c in zip(ys, cis)], [c[1] - y for y, c in zip(ys, cis)]],
+                    fmt=fmt, capsize=3, label=label, **kw)
+
+    curve(its, "eval", "accuracy", "o-", "test, single pass")
+    curve(its, "eval", "refined_accuracy", "s--", "test, adaptive refinement")
+    metric = (report.get("final_model") or {}).get("metric") or "refined_accuracy"
+    curve(its, "dev_eval", metric, "^:", f"dev, {metric.replace('_', ' ')}", alpha=0.7)
+    if its:
+        ax.set_xticks([e["iteration"] for e in its])
+    for e in its:
+        if e.get("final"):
+            ax.axvline(e["iteration"], color="green", alpha=0.3, linewidth=6, label="final model (chosen on dev)")
     base = report.get("baseline") or {}
     if base.get("accuracy") is not None:
-        ax.axhline(base["accuracy"], color="grey", linestyle=":", label=f"untrained model ({base['accuracy']:.3f})")
+        ax.axhline(base["accuracy"], color="grey", linestyle=":", label=f"untrained model, test ({base['accuracy']:.3f})")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("held-out accuracy")
+    ax.set_ylabel("accuracy (95 % Wilson interval)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize="small")
-    ax.set_title("Held-out accuracy per iteration")
+        ax.legend(loc="best", fontsize="x-small")
+    ax.set_title("Accuracy per iteration: dev (decisions) and test (after the loop)", fontsize="medium")
     out["accuracy"] = _png(fig)
     plt.close(fig)
 
@@ -207,32 +303,63 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _paired_text(t: dict[str, Any] | None) -> str | None:
+    """`+0.050 (4 vs 14, p 0.031)`: diff b − a, items only a / only b gets right, exact McNemar p."""
+    if not t:
+        return None
+    return f"{t['diff']:+.3f} ({t['a_only']} vs {t['b_only']}, p {t['p_value']:.3g})"
+
+
+def _final_text(report: dict[str, Any]) -> str:
+    final = report.get("final_model")
+    if not final:
+        return "not chosen yet (the driver chooses it on the dev split once the loop has stopped)"
+    parts = [f"<code>{html.escape(str(final.get('model_dir')))}</code> (iteration {_fmt(final.get('iteration'))}): "
+             f"{html.escape(final.get('reason') or '')}"]
+    test = final.get("test") or {}
+    if test:
+        parts.append(f"test accuracy {fmt_ci(test.get('accuracy'), test.get('accuracy_ci95'))} single pass, "
+                     f"{fmt_ci(test.get('refined_accuracy'), test.get('refined_accuracy_ci95'))} refined")
+    vs = final.get("test_vs_baseline") or {}
+    if vs:
+        parts.append("against the untrained model on the same test items (difference, items only the untrained / "
+                     "only the final model gets right, exact McNemar p): single pass "
+                     f"{_paired_text(vs.get('accuracy'))}, refined {_paired_text(vs.get('refined_accuracy'))}")
+    return " · ".join(parts)
+
+
 def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
-    base = report.get("baseline") or {}
+    base, base_dev = report.get("baseline") or {}, report.get("baseline_dev") or {}
+    ci = lambda ev, rate: fmt_ci(ev.get(rate), ev.get(f"{rate}_ci95")) if ev else None  # noqa: E731
     rows = []
-    if base:
-        rows.append(["untrained", base.get("accuracy"), base.get("refined_accuracy"), base.get("mean_rounds"),
+    if base or base_dev:
+        rows.append(["untrained", ci(base_dev, "accuracy"), ci(base_dev, "refined_accuracy"), ci(base, "accuracy"),
+                     ci(base, "refined_accuracy"), _paired_text(base.get("refined_vs_single")), base.get("mean_rounds"),
                      None, None, None, None, None, None])
     for e in report["iterations"]:
-        ev, tr = e["eval"] or {}, e["train"] or {}
-        rows.append([e["iteration"], ev.get("accuracy"), ev.get("refined_accuracy"), ev.get("mean_rounds"),
+        ev, dev, tr = e["eval"] or {}, e.get("dev_eval") or {}, e["train"] or {}
+        rows.append([f"{e['iteration']} ★ final" if e.get("final") else e["iteration"],
+                     ci(dev, "accuracy"), ci(dev, "refined_accuracy"), ci(ev, "accuracy"), ci(ev, "refined_accuracy"),
+                     _paired_text(ev.get("refined_vs_single")), ev.get("mean_rounds"),
                      e["selected"], e["refine_samples"], tr.get("loss_first"), tr.get("loss_last"),
                      tr.get("train_tokens"), round(sum(e["wall_s"].values()), 1)])
-    main = _table(["iteration", "accuracy", "refined accuracy", "mean rounds", "selected", "refine samples",
-                   "loss first", "loss last", "train tokens", "wall s"], rows)
-    cats = sorted({c for e in report["iterations"] if e["eval"] for c in e["eval"]["categories"]}
-                  | set((base.get("categories") or {}).keys()))
-    cat_rows = []
-    for label, ev in [("untrained", base)] + [(e["iteration"], e["eval"]) for e in report["iterations"] if e["eval"]]:
-        if not ev:
-            continue
-        cells = [label]
-        for c in cats:
-            m = (ev.get("categories") or {}).get(c) or {}
-            acc, ref = m.get("accuracy"), m.get("refined_accuracy")
-            cells.append(None if acc is None else f"{acc:.3f} / {_fmt(ref)}")
-        cat_rows.append(cells)
-    cat_table = _table(["iteration"] + [f"{c} (single / refined)" for c in cats], cat_rows)
+    main = _table(["iteration", "dev single", "dev refined", "test single", "test refined",
+                   "test refined − single (p)", "test mean rounds", "selected", "refine samples", "loss first",
+                   "loss last", "train tokens", "wall s"], rows)
+
+    def category_table(key: str, untrained: dict[str, Any]) -> str:
+        evals = [("untrained", untrained)] + [(e["iteration"], e.get(key)) for e in report["iterations"]]
+        evals = [(label, ev) for label, ev in evals if ev]
+        cats = sorted({c for _, ev in evals for c in (ev.get("categories") or {})})
+        cat_rows = []
+        for label, ev in evals:
+            cells = [label]
+            for c in cats:
+                m = (ev.get("categories") or {}).get(c) or {}
+                cells.append(None if m.get("accuracy") is None else f"{ci(m, 'accuracy')} / {ci(m, 'refined_accuracy')}")
+            cat_rows.append(cells)
+        return _table(["iteration"] + [f"{c} (single / refined)" for c in cats], cat_rows) if cat_rows else "<p>–</p>"
+
     probe_rows = [[e["iteration"], e["probed"], e["mean_pass_rate"],
                    *[e["counts"].get(k) for k in ("mastered", "learnable", "too_hard")]]
                   for e in report["iterations"] if e["counts"]]
@@ -243,17 +370,25 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     stopped = report.get("stopped")
     status = (f"stopped after iteration {stopped['iteration']}: {html.escape(stopped['reason'])}" if stopped
               else "running (reload to follow)")
+    dev = report.get("dev")
+    dev_text = (f"dev split {dev['size']} samples carved from the pool (fingerprint {html.escape(str(dev['fingerprint']))})"
+                if dev else "no dev split (pool.dev_size = 0)")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>toolace-r report — {html.escape(report['run_dir'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:49%;margin:4px}}</style></head>
 <body><h1>toolace-r run report</h1>
 <p>run dir <code>{html.escape(report['run_dir'])}</code> · pool {_fmt(report.get('pool_size'))} samples ({_fmt(report.get('pool_skipped'))} bad records skipped) ·
-status: {status} · updated {report['updated_at']} · stage time {report['wall_s_total']} s ·
-final model <code>{_fmt(report.get('final_model'))}</code></p>
+{dev_text} · status: {status} · updated {report['updated_at']} · stage time {report['wall_s_total']} s</p>
+<p><b>final model</b>: {_final_text(report)}</p>
 <div>{imgs}</div>
-<h2>Held-out accuracy, selection and training per iteration</h2>{main}
-<h2>Per category</h2>{cat_table}
+<h2>Accuracy, selection and training per iteration</h2>
+<p>Figures are accuracy [95 % Wilson interval]. dev = the split carved from the pool, the only figures the driver
+decided on (stopping, final model); test = eval.data, evaluated only after the loop had stopped.
+refined − single: accuracy gained by adaptive refinement on the test items (items only the single pass / only
+refinement gets right, exact McNemar p).</p>{main}
+<h2>Per category, test</h2>{category_table("eval", base)}
+<h2>Per category, dev</h2>{category_table("dev_eval", base_dev)}
 <h2>Probing (pool pass rates with the model entering the iteration)</h2>{probe_table}
 <h2>Wall time per stage (s)</h2>{stage_table}
 </body></html>

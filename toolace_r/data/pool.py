@@ -7,6 +7,7 @@ Readers live in `formats.py`, the generated default pool in `default_pool.py`.
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +21,7 @@ from toolace_r.data.schema import CATEGORIES, Sample
 from toolace_r.errors import DataError
 
 __all__ = ["ReadResult", "read_samples_file", "load_pool", "load_pool_result", "load_builtin", "load_eval_spec", "pool_texts",
-           "BFCL_CATEGORIES"]
+           "split_dev", "BFCL_CATEGORIES"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,32 @@ def load_pool_result(pool_cfg: PoolConfig) -> ReadResult:
                         f"{result.skipped} skipped" + (f"; first error: {result.errors[0]}" if result.errors else ""),
                         path=pool_cfg.path)
     return result
+
+
+def split_dev(samples: list[Sample], size: int, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """(train, dev): `size` samples carved out of `samples` for the driver's decisions (pool.dev_size, pool.dev_seed).
+
+    Stratified by category: category c gets size * n_c / n samples, rounded by largest remainder (ties by category
+    name), so every category keeps its share. Within a category the ids are sorted and drawn by a generator seeded
+    with (seed, category): the split depends only on the set of samples and the seed, not on their order. Both
+    parts keep the input order. Disjoint by construction; size 0 → (samples, [])."""
+    if size < 0:
+        raise DataError(f"pool.dev_size must be >= 0, got {size}")
+    if size == 0:
+        return list(samples), []
+    if size >= len(samples):
+        raise DataError(f"pool.dev_size = {size} leaves nothing to train on: the pool has {len(samples)} samples")
+    groups: dict[str, list[str]] = defaultdict(list)
+    for s in samples:
+        groups[s.category].append(s.id)
+    exact = {c: size * len(ids) / len(samples) for c, ids in groups.items()}
+    quota = {c: int(x) for c, x in exact.items()}
+    for c in sorted(groups, key=lambda c: (quota[c] - exact[c], c))[: size - sum(quota.values())]:
+        quota[c] += 1
+    dev_ids: set[str] = set()
+    for c in sorted(groups):
+        dev_ids.update(random.Random(f"dev-{seed}-{c}").sample(sorted(groups[c]), quota[c]))
+    return [s for s in samples if s.id not in dev_ids], [s for s in samples if s.id in dev_ids]
 
 
 def _group(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
