@@ -240,7 +240,7 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         ax.set_xticks([e["iteration"] for e in its])
     for e in its:
         if e.get("final"):
-            ax.axvline(e["iteration"], color="green", alpha=0.3, linewidth=6, label="final model (chosen on dev)")
+            ax.axvline(e["iteration"], color="gold", alpha=0.5, linewidth=6, label="final model (chosen on dev)")
     base = report.get("baseline") or {}
     if base.get("accuracy") is not None:
         ax.axhline(base["accuracy"], color="grey", linestyle=":", label=f"untrained model, test ({base['accuracy']:.3f})")
