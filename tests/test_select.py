@@ -79,7 +79,7 @@ def test_random_has_the_requested_size_and_ignores_pass_rates():
         select(rows, SelectConfig(policy="random", random_size=0), 1)
 
 
-def test_iteration_zero_is_the_seed_subset_whatever_the_pass_rates():
+def test_iteration_zero_without_a_probe_is_the_seed_subset():
     ids = [f"s{i:03d}" for i in range(200)]
     plain = [{"id": i} for i in ids]  # before any training there may be no probe at all
     by_fraction = select(plain, SelectConfig(seed_fraction=0.25), 0)
@@ -89,8 +89,10 @@ def test_iteration_zero_is_the_seed_subset_whatever_the_pass_rates():
     assert select(plain, SelectConfig(seed_fraction=1.0), 0).ids == sorted(ids)
     assert select(plain, SelectConfig(seed_size=500), 0).ids == sorted(ids)
     assert seed_subset(reversed(ids), SelectConfig(seed_size=30)) == by_size.ids  # order-independent
-    # with probe rows, iteration 0 still ignores p (the untrained model is at p = 0 everywhere)
-    assert len(select(rows_for(POOL), SelectConfig(seed_size=5), 0).ids) == 5
+    # a probed starting model (warm base): iteration 0 selects by the policy, the seed subset is not used
+    probed = select(rows_for(POOL), SelectConfig(seed_size=5, too_hard_fraction=0.0, accumulate=False), 0)
+    assert probed.ids == select(rows_for(POOL), SelectConfig(too_hard_fraction=0.0, accumulate=False), 1).ids
+    assert set(probed.reasons.values()) == {"learnable"}
     with pytest.raises(ConfigError, match="seed_fraction"):
         select(plain, SelectConfig(seed_fraction=0.0), 0)
 

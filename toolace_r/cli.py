@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from toolace_r.console import setup_logging
 from toolace_r.errors import ToolaceError
 
 # subcommand -> (module, function, help). The function takes (args, cfg) where cfg is the loaded Config or None.
@@ -22,9 +22,11 @@ COMMANDS = {
     "serve": ("toolace_r.serve", "serve_command", "serve a model behind an OpenAI-compatible /v1/chat/completions"),
     "check": ("toolace_r.calls.cli", "check_command", "judge raw model outputs against BFCL ground truth (AST checker)"),
     "tiny-model": ("toolace_r.models", "tiny_model_command", "build a tiny local Llama model + tokenizer from pool text"),
+    "base-model": ("toolace_r.base_model", "base_model_command",
+                   "the warm tiny base model (model.path=tiny-base): shipped, cached, or pre-trained on the general corpus"),
     "ablate": ("toolace_r.ablation", "ablate_command", "run the ablation arms side by side and report"),
 }
-TAKES_CONFIG = {"run", "probe", "select", "train", "eval", "serve", "tiny-model", "ablate"}
+TAKES_CONFIG = {"run", "probe", "select", "train", "eval", "serve", "tiny-model", "base-model", "ablate"}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -57,12 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["check"].add_argument("--output", help="verdicts JSONL (default: stdout)")
     parsers["check"].add_argument("--decoder", choices=["lenient", "bfcl"], default="lenient")
     parsers["tiny-model"].add_argument("--out", required=True, help="output model directory")
+    parsers["base-model"].add_argument("--out", help="also copy the model dir here")
+    parsers["base-model"].add_argument("--rebuild", action="store_true", help="pre-train anew even if cached")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # toolace_r's lines (and each stage's progress bar) on the console; Ray's and the libraries' output goes to
+    # RUN_DIR/logs once a command starts Ray (toolace_r.console, driver.init_ray)
+    setup_logging(args.log_level)
     module_name, func_name, _ = COMMANDS[args.command]
     try:
         cfg = None

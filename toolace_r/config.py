@@ -32,9 +32,29 @@ class TinyModelConfig:
 
 
 @dataclass
+class BaseModelConfig:
+    """How the warm tiny base model (`model.path=tiny-base`, toolace_r/base_model.py) is pre-trained on the general
+    tool-use corpus (toolace_r/data/general_pool.py): the demo's stand-in for a downloaded instruct model."""
+    train_tokens: int = 6_000_000  # fresh general-corpus tokens (prompt + answer)
+    tokens_per_step: int = 2048  # rows × longest row per optimizer step: small steps, many of them, learn copying
+    lr: float = 2.0e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    max_length: int = 384
+    bf16_autocast: bool = True  # on CPU: fp32 weights, bf16 matmuls (1.5-2x faster where the CPU has avx512_bf16)
+    tokenizer_samples: int = 20000  # general-corpus samples the byte-level BPE is trained on
+    catalogue_seed: int = 0  # which tools the general corpus has
+    sample_seed: int = 0  # which requests are drawn
+    seed: int = 0  # init and batch order
+    threads: int = 2  # torch threads while building
+
+
+@dataclass
 class ModelConfig:
-    # A local HF directory or a hub name (passed to from_pretrained unchanged). "tiny" = build one on the fly
-    # into RUN_DIR/base_model from the pool text.
+    # A local HF directory or a hub name (passed to from_pretrained unchanged). "tiny-base" = the warm tiny base
+    # model pre-trained on the general tool-use corpus (shipped / cached / built: toolace_r/base_model.py; shape
+    # model.tiny, recipe model.base). "tiny" = a randomly initialised one built into RUN_DIR/base_model from the pool.
     path: str = "tiny"
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     trust_remote_code: bool = False
@@ -43,6 +63,7 @@ class ModelConfig:
     # what a tiny from-scratch CPU model learns from fastest). Saved with every model dir this project writes, so eval and serve match training.
     prompt_style: str = "toolace"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    base: BaseModelConfig = field(default_factory=BaseModelConfig)
 
 
 @dataclass
@@ -135,6 +156,10 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
+    # Where each iteration's training starts: "continue" from the previous iteration's model, or "base": from the
+    # starting model every time, on that iteration's (accumulated) selection (STaR-style; no drift from re-training
+    # the same rows on top of themselves).
+    init: str = "continue"
     num_workers: int = 2
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
@@ -251,6 +276,7 @@ _CHOICES = {
     "probe.decoder": {"lenient", "bfcl"},
     "eval.decoder": {"lenient", "bfcl"},
     "select.policy": {"learnable", "threshold", "all", "random"},
+    "train.init": {"continue", "base"},
     "train.zero_stage": {0, 1, 2, 3},
     "train.precision": {"auto", "fp32", "bf16", "amp_bf16"},
     "train.placement_strategy": {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"},

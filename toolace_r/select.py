@@ -10,8 +10,9 @@ reason each was chosen, and summary counts. Policies (`select.policy`):
 - `all`: keep everything (plain SFT on the whole pool);
 - `random`: a seeded random subset of a given size (ablation: same budget as model-aware selection, no model).
 
-Iteration 0 trains on a seed subset (`seed_size`, or `seed_fraction` of the pool) regardless of pass rates: a model
-that starts at p = 0 everywhere would otherwise select nothing. With `accumulate`, the selection is the union with
+Iteration 0 without a probe (`run.probe_first_iteration: false`) trains on a seed subset (`seed_size`, or
+`seed_fraction` of the pool): a model that starts at p = 0 everywhere would select nothing. When the starting model
+was probed (a warm base, as in the paper), iteration 0 selects by the policy like every later iteration. With `accumulate`, the selection is the union with
 the previous iteration's.
 
 All choices are pure functions of (rows, config, iteration, previous): the same inputs give the same selection,
@@ -140,7 +141,7 @@ def select(
     counts["learnable"] = sum(r.learnable for r in rows)
     chosen: dict[str, str] = {}
 
-    if iteration == 0:
+    if iteration == 0 and all(r.pass_rate is None for r in rows):
         chosen = {i: SEED for i in seed_subset((r.id for r in rows), cfg)}
     elif cfg.policy == "learnable":
         if not 0.0 <= cfg.too_hard_fraction <= 1.0:
