@@ -245,25 +245,45 @@ def quiet_state_api_warnings() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
-def init_ray(cfg: Config) -> bool:
+def init_ray(cfg: Config, log_dir: str | Path | None = None) -> bool:
     """Connect to Ray. Inside `ray job submit` (RAY_ADDRESS is set) or with run.ray_address: join that cluster
     without asking for resources. Otherwise start a private local Ray (never silently join someone else's
-    `ray start` on this machine: set run.ray_address=auto for that). Returns True when this call started Ray."""
+    `ray start` on this machine: set run.ray_address=auto for that). Returns True when this call started Ray.
+
+    Ray's own console output goes to `log_dir` (default RUN_DIR/logs, toolace_r.console): its loggers and Ray
+    Data's execution reports to ray.log, every worker's stdout/stderr (training workers' step lines, Ray Train's
+    report and checkpoint lines, DeepSpeed, actors) to workers.log; Ray Data's progress bars are off — each stage
+    shows one bar of its own. When Ray is already up (a test's, an ablation's) nothing is changed."""
     import ray
 
     if ray.is_initialized():
         return False
+    import ray.data  # before log_to_dir: importing it installs Ray Data's console handler
+
+    from toolace_r import console
+    from toolace_r.storage import RunDir
+
+    log_dir = console.log_to_dir(Path(log_dir) if log_dir else RunDir(cfg.run.dir).local / "logs")
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = False  # Ray Data's "Running Dataset" blocks and per-operator bars
+    data_ctx.enable_operator_progress_bars = False
+    data_ctx.execution_options.preserve_order = True  # outputs in input order (toolace_r.raydata)
+    routable = console.worker_log_routing_available()
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=routable)
     else:
         log.info("starting a local Ray (%s CPUs)", cfg.run.num_cpus or "all")
         # no dashboard on a private local Ray: less memory and no ports to collide with; without it Ray's state API is
         # down, and the quiet_state_api_warnings hook keeps Ray Train's once-a-second complaint about it out of the log
-        ray.init(address="local", num_cpus=cfg.run.num_cpus or None, include_dashboard=False,
+        ray.init(address="local", num_cpus=cfg.run.num_cpus or None, include_dashboard=False, log_to_driver=routable,
                  runtime_env={"worker_process_setup_hook": "toolace_r.driver.quiet_state_api_warnings"})
-    log.info("Ray resources: %s", {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
+    if routable:
+        console.route_worker_logs(log_dir)
+    log.info("Ray resources: %s; Ray's and the workers' logs: %s%s",
+             {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}, log_dir,
+             "" if routable else " (worker logs: the Ray session's logs dir)")
     return True
 
 
@@ -499,7 +519,8 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
                 break
             corpus = stage(iter_key(iteration, "corpus"),
                            lambda: corpus_stage(cfg, by_id, rows, ids, style, it_dir))
-            trained = stage(iter_key(iteration, "train"), lambda: train_stage(cfg, model, corpus["path"], it_dir))
+            start_from = model if cfg.train.init == "continue" else base_model  # "base": STaR-style restart
+            trained = stage(iter_key(iteration, "train"), lambda: train_stage(cfg, start_from, corpus["path"], it_dir))
             model = models[iteration] = trained["model_dir"]
             if dev_spec:
                 dev_results[iteration] = stage(iter_key(iteration, "dev_eval"),

@@ -5,8 +5,10 @@
 through adaptive self-refinement (toolace_r.refine) and judges the first answer (= the single-pass answer) and the
 final answer with the AST checker (toolace_r.calls.check, `eval.decoder` lenient | bfcl).
 
-The samples flow through Ray Data: `from_items` → `map_batches(EvalActor)` on `ActorPoolStrategy(size=eval.num_actors)`,
-each actor holding the model once, so a large set uses the whole cluster. Per category it reports n, accuracy
+The samples flow through Ray Data: fixed batches of `eval.batch_size` items (toolace_r.raydata; greedy answers
+depend on a batch's padding, so the batches must not depend on the cluster or its load) → `map_batches(EvalActor)`
+on `ActorPoolStrategy(size=eval.num_actors)`, each actor holding the model once, so a large set uses the whole
+cluster. Per category it reports n, accuracy
 (single pass), refined_accuracy, mean_rounds, tokens generated, forward passes and time (actor seconds spent on that
 category's batches); "overall" pools every sample. Output: a table on stdout (eval_command), `metrics.json` and
 `outputs.jsonl` (every answer and verdict) in out_dir, each written atomically.
@@ -41,13 +43,12 @@ class EvalActor:
     """One Ray Data actor: loads the model once; a batch of sample rows → one output row per sample."""
 
     def __init__(self, model_path: str, style: str, settings: dict[str, Any]):
-        import torch
-
         from toolace_r.calls import check
+        from toolace_r.generation import pin_torch_threads
 
-        threads = int(settings.get("torch_threads") or 0)
+        threads = float(settings.get("torch_threads") or 0)
         if threads > 0:
-            torch.set_num_threads(threads)
+            pin_torch_threads(threads)
         self.check, self.style, self.settings = check, style, dict(settings)
         self.model = self.tokenizer = None
         if model_path != ORACLE:
@@ -79,7 +80,16 @@ class EvalActor:
         return [{"first_answer": r.first_answer, "answer": r.answer, "answers": list(r.answers or [r.answer]),
                  "rounds": r.rounds, "tokens": r.tokens, "forward_passes": r.forward_passes} for r in results]
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+    def __call__(self, batch: Any) -> dict[str, list]:
+        """A batch (a pyarrow table from Ray Data: one fixed batch, toolace_r.raydata; or a dict of columns) → one
+        output row per sample. Each fixed batch is answered on its own: its padding is part of the computation."""
+        from toolace_r.raydata import split_batches
+
+        parts = split_batches(batch) if hasattr(batch, "column_names") else [batch]
+        outs = [self.answer_batch(part) for part in parts]
+        return {c: [v for out in outs for v in out[c]] for c in OUTPUT_COLUMNS}
+
+    def answer_batch(self, batch: Any) -> dict[str, list]:
         rows = _rows_of(batch)
         if not rows:
             return {c: [] for c in OUTPUT_COLUMNS}
@@ -190,7 +200,9 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str) -> di
     {category: {"n", "accuracy", "refined_accuracy", "mean_rounds", "tokens", "time_s", ...}, "overall": {...}}."""
     import ray
 
+    from toolace_r.console import Progress
     from toolace_r.probe import ensure_ray, prompt_style_for
+    from toolace_r.raydata import batched_dataset
 
     ec = cfg.eval
     if ec.max_rounds < 1:
@@ -204,26 +216,36 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str) -> di
         max_rounds=ec.max_rounds, max_new_tokens=ec.generation.max_new_tokens, temperature=ec.generation.temperature,
         seed=ec.generation.seed, batch_size=ec.generation.batch_size, decoder=ec.decoder,
         draft_verify=cfg.refine.draft_verify, reuse_prefix=cfg.refine.reuse_prefix, dtype=cfg.model.dtype,
-        trust_remote_code=cfg.model.trust_remote_code, torch_threads=max(1, int(ec.cpus_per_actor)),
+        trust_remote_code=cfg.model.trust_remote_code, torch_threads=max(1.0, ec.cpus_per_actor),
     )
     start = time.perf_counter()
     if ec.num_actors <= 0:  # in-process: debugging, notebooks, benchmarks that time the model itself
         actor = EvalActor(model_path, style, settings)
         outputs = []
-        for i in range(0, len(items), ec.batch_size):
-            batch = actor({c: [r[c] for r in items[i:i + ec.batch_size]] for c in items[0]})
-            outputs += [dict(zip(batch, vals)) for vals in zip(*batch.values())]
+        with Progress("eval", len(items), "items") as bar:
+            for i in range(0, len(items), ec.batch_size):
+                batch = actor({c: [r[c] for r in items[i:i + ec.batch_size]] for c in items[0]})
+                outputs += [dict(zip(batch, vals)) for vals in zip(*batch.values())]
+                bar.update(len(batch["id"]))
     else:
         ensure_ray(cfg)
-        ds = ray.data.from_items(items).map_batches(
+        # Fixed batches of eval.batch_size items, one block each, outputs in input order (toolace_r.raydata): greedy
+        # answers depend on a batch's padding, so which items share a batch must not depend on Ray Data's block
+        # layout or on which actor is free first. The in-process path above cuts the same batches.
+        ds = batched_dataset(items, ec.batch_size).map_batches(
             EvalActor,
             fn_constructor_args=(model_path, style, settings),
-            batch_size=ec.batch_size,
+            batch_size=None,  # one fixed batch per call
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=ec.num_actors),
             num_cpus=ec.cpus_per_actor,
             num_gpus=ec.gpus_per_actor,
         )
-        outputs = list(ds.iter_rows())
+        outputs = []
+        with Progress("eval", len(items), "items") as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                outputs += batch.to_pylist()
+                bar.update(batch.num_rows)
     wall = time.perf_counter() - start
     outputs = [{c: _plain(row[c]) for c in OUTPUT_COLUMNS} for row in outputs]
     outputs.sort(key=lambda r: (r["group"], r["id"]))

@@ -242,6 +242,25 @@ def stop_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def pin_torch_threads(cpus: float) -> int:
+    """Give this process's torch `max(1, int(cpus))` intra-op threads — the CPUs its Ray actor or worker was given —
+    and return that number. Call it first thing in every actor and training worker.
+
+    Why: a reduction (a matmul, a softmax sum) is split across threads, so the thread count decides the order in
+    which floats are added, and a different order now and then flips a greedy argmax or a sampled token. torch's
+    default is the number of cores it sees, which differs between machines and is not what Ray reserved. With
+    the count taken from the config, the same config computes the same floats on any machine load.
+    (torch.set_num_threads also sets MKL's thread count and turns MKL's dynamic thread adjustment off.)"""
+    import os
+
+    n = max(1, int(cpus))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # libraries that read them later
+        os.environ[var] = str(n)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # speed only: tokens are the same either way
+    torch.set_num_threads(n)
+    return n
+
+
 class ForceTokens(LogitsProcessor):
     """A logits processor that makes the model emit a given continuation (then EOS) after given prompts, through the
     ordinary `generate` path; rows whose prompt is not listed decode freely.

@@ -3,8 +3,10 @@
 For every candidate sample the model answers k times (temperature T); each answer is parsed and judged by the AST
 checker (`toolace_r.calls.check`); the pass rate p = n_correct / k is the sample's difficulty for this model.
 
-The pool flows through Ray Data: `from_items` (or a Dataset the caller already has) → `map_batches(ProbeActor)` on
-an actor pool where each actor loads the model once → `write_parquet`. The driver never loops over or collects the
+The pool flows through Ray Data: fixed batches of `probe.batch_size` samples, one block each (toolace_r.raydata:
+which samples share a batch decides their sampled answers, so it must not depend on the cluster or its load; a
+Dataset the caller already has keeps its own blocks) → `map_batches(ProbeActor)` on an actor pool where each actor
+loads the model once → `write_parquet`, in input order. The driver never loops over or collects the
 pool, so the same code probes 500 samples on a laptop and 500 000 on a cluster (give `model_path` a location every
 node can read: a shared mount or an object-store URI, which actors download once per node via storage.localize).
 
@@ -28,6 +30,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from toolace_r.config import Config
+from toolace_r.console import Progress, watch
 from toolace_r.data.schema import Sample
 from toolace_r.errors import ConfigError, DataError
 
@@ -71,16 +74,14 @@ class ProbeActor:
         decoder: str = "lenient",
         dtype: str = "auto",
         trust_remote_code: bool = False,
-        torch_threads: int = 0,
+        torch_threads: float = 0,  # CPUs of this actor → its torch threads (generation.pin_torch_threads); 0: as is
     ):
-        import torch
-
         from toolace_r import storage
         from toolace_r.calls import check
-        from toolace_r.generation import Generator
+        from toolace_r.generation import Generator, pin_torch_threads
 
         if torch_threads > 0:
-            torch.set_num_threads(torch_threads)
+            pin_torch_threads(torch_threads)
         if storage.is_remote(model_path):
             model_path = storage.localize(model_path)
         self.generator = Generator.from_path(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -92,6 +93,14 @@ class ProbeActor:
         return None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from toolace_r.raydata import split_batches
+
+        results = [self.probe_batch(part) for part in split_batches(batch)]
+        return pa.concat_tables(results) if results else RESULT_SCHEMA.empty_table()
+
+    def probe_batch(self, batch: pa.Table) -> pa.Table:
+        """One fixed batch (toolace_r.raydata) → its result rows. Its sampled answers depend on the batch as a
+        whole (seed, shared RNG stream, padding), which is why the driver fixes the batches."""
         from toolace_r.data.prompts import render_prompt
 
         samples = _samples_from_table(batch)
@@ -150,15 +159,11 @@ def prompt_style_for(cfg: Config, model_path: str) -> str:
 
 
 def ensure_ray(cfg: Config) -> None:
-    """Connect to `run.ray_address` (a cluster, or the one a `ray job submit` runs in) or start a local Ray."""
-    import ray
+    """Connect to `run.ray_address` (a cluster, or the one a `ray job submit` runs in) or start a local Ray, with
+    Ray's console output sent to RUN_DIR/logs (driver.init_ray). Nothing to do when Ray is up already."""
+    from toolace_r.driver import init_ray
 
-    if ray.is_initialized():
-        return
-    if cfg.run.ray_address:
-        ray.init(address=cfg.run.ray_address)
-    else:
-        ray.init(num_cpus=cfg.run.num_cpus or None, include_dashboard=False)
+    init_ray(cfg)
 
 
 def probe(
@@ -174,6 +179,8 @@ def probe(
     import ray
     import ray.data
 
+    from toolace_r.raydata import batched_dataset, preserve_order
+
     pc = cfg.probe
     if pc.k < 1:
         raise ConfigError(f"probe.k must be >= 1, got {pc.k}")
@@ -187,12 +194,15 @@ def probe(
     ensure_ray(cfg)
     style = prompt_style_for(cfg, model_path)
 
+    total = None
     if isinstance(samples, ray.data.Dataset):
-        dataset = samples
+        # The caller's blocks decide the batches (map_batches bundles them to pc.batch_size rows): reproducible for
+        # the same Dataset, not across block layouts. A list is cut into fixed batches here (toolace_r.raydata).
+        dataset, batch_size = preserve_order(samples), pc.batch_size
     else:
         if not samples:
             raise DataError("probe: the pool is empty")
-        dataset = ray.data.from_items([s.to_row() for s in samples])
+        dataset, batch_size, total = batched_dataset([s.to_row() for s in samples], pc.batch_size), None, len(samples)
     cluster_cpus = ray.cluster_resources().get("CPU", 0)
     if pc.num_actors * pc.cpus_per_actor > cluster_cpus:
         log.warning("probe wants %d actors × %s CPUs but the cluster has %s CPUs: actors will wait for resources",
@@ -220,20 +230,21 @@ def probe(
             decoder=pc.decoder,
             dtype=cfg.model.dtype,
             trust_remote_code=cfg.model.trust_remote_code,
-            torch_threads=max(1, int(round(pc.cpus_per_actor))) if pc.gpus_per_actor == 0 else 0,
+            torch_threads=pc.cpus_per_actor if pc.gpus_per_actor == 0 else 0,
         ),
         batch_format="pyarrow",
-        batch_size=pc.batch_size,
+        batch_size=batch_size,  # None: one fixed batch (= one block) per call
         compute=ray.data.ActorPoolStrategy(size=pc.num_actors),
         num_cpus=pc.cpus_per_actor,
         num_gpus=pc.gpus_per_actor,
         # An actor whose process dies (node lost, OOM kill) is restarted and its in-flight batches are retried, so
-        # every sample still gets exactly one row (tests/test_faults.py). Ray Data's current default, made explicit.
-        max_restarts=-1,
-        max_task_retries=-1,
+        # every sample still gets exactly one row (tests/test_faults.py): Ray Data's defaults for actor pools
+        # (max_restarts=-1, max_task_retries=-1), relied on rather than passed (passing them is deprecated).
     )
     try:
-        results.write_parquet(str(tmp))
+        counted: dict[Path, int] = {}
+        with Progress("probe", total, "samples") as bar, watch(bar, lambda: (_rows_written(tmp, counted), None, "")):
+            results.write_parquet(str(tmp))
         wall = time.perf_counter() - start
         summary = summarize(str(tmp), wall)
         summary.update(model_path=model_path, prompt_style=style, k=pc.k, temperature=pc.generation.temperature)
@@ -247,6 +258,23 @@ def probe(
              summary["tokens_per_s"], summary["mean_pass_rate"], summary["mastered"], summary["learnable"],
              summary["too_hard"], out)
     return str(out)
+
+
+def _rows_written(directory: Path, counted: dict[Path, int]) -> int:
+    """Rows in the finished parquet files under `directory` (footers only; a file still being written has none
+    yet and is counted at a later call; `counted` remembers the files read): the probe's progress while Ray Data
+    writes it."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in directory.glob("*.parquet") if directory.is_dir() else ():
+        if f not in counted:
+            try:
+                counted[f] = pq.read_metadata(f).num_rows
+            except Exception:  # noqa: BLE001 - incomplete file: count it next time
+                continue
+        total += counted[f]
+    return total
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -47,6 +47,7 @@ CKPT_TAG = "ds"  # DeepSpeed checkpoint tag inside every Ray Train checkpoint
 FINAL_MARK = "FINAL"  # file in the last checkpoint: the run is complete, the HF model is in HF_SUBDIR
 HF_SUBDIR = "hf_model"
 METRICS_FILE = "metrics.jsonl"
+PROGRESS_FILE = ".progress.json"  # rank 0's {"step", "total", "attempt", "loss"}, rewritten as it trains; the driver's bar
 ROW_KINDS = {"direct", "refine_wrong", "refine_right"}
 
 
@@ -419,6 +420,7 @@ def _train_worker(config: dict) -> None:
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM
 
+    from toolace_r.generation import pin_torch_threads
     from toolace_r.models import load_tokenizer
 
     cfg: Config = config["cfg"]
@@ -427,7 +429,7 @@ def _train_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     on_gpu = tcfg.use_gpu and torch.cuda.is_available()
     if not on_gpu:
-        torch.set_num_threads(max(1, int(tcfg.cpus_per_worker)))
+        pin_torch_threads(tcfg.cpus_per_worker)  # same float reduction order on every run (see its docstring)
         _skip_shm_comm_build()
     device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
     torch.manual_seed(tcfg.seed)
@@ -515,6 +517,10 @@ def _train_worker(config: dict) -> None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     live = open(metrics_path, "a", encoding="utf-8") if rank == 0 else None
+    progress_path = Path(config["out_dir"]) / PROGRESS_FILE
+    last_progress = 0.0
+    if rank == 0:
+        _write_progress(progress_path, start_step, total_steps, attempt, None)
 
     precision = "bf16" if bf16 else "fp32 + bf16 autocast" if tcfg.precision == "amp_bf16" else "fp32"
     say(f"{int(counts[0])} rows on {world} workers, ZeRO-{tcfg.zero_stage}, {precision}, "
@@ -570,6 +576,9 @@ def _train_worker(config: dict) -> None:
             records.append(record)
             live.write(json.dumps(record) + "\n")
             live.flush()
+            if time.monotonic() - last_progress >= 0.5 or done == total_steps:
+                _write_progress(progress_path, done, total_steps, attempt, record["loss"])
+                last_progress = time.monotonic()
             if done % log_every == 0 or done == total_steps or done == start_step + 1:
                 eta = totals.loop_s / max(1, done - 0) * (total_steps - done)
                 say(f"step {done}/{total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
@@ -603,6 +612,26 @@ def _train_worker(config: dict) -> None:
         say(f"done: {total_steps} steps, {summary['tokens_per_s']:,.0f} tok/s, padding {summary['padding_fraction']:.1%}")
     ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(str(export_dir)) if rank == 0 else None)
     shutil.rmtree(export_dir, ignore_errors=True)
+
+
+def _write_progress(path: Path, step: int, total: int, attempt: int, loss: float | None) -> None:
+    """Rank 0's progress for the driver's bar (read_progress), replaced in one rename. Best effort: OUT may not be
+    reachable from a worker on another node, and a progress bar is not worth failing a training run for."""
+    try:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"step": step, "total": total, "attempt": attempt, "loss": loss}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def read_progress(path: Path) -> tuple[int, int | None, str]:
+    """(steps done, total steps, "loss x | attempt n") from a PROGRESS_FILE; raises while there is none."""
+    data = json.loads(Path(path).read_text())
+    notes = [f"loss {data['loss']:.3f}"] if data.get("loss") is not None else []
+    if data.get("attempt"):
+        notes.append(f"attempt {int(data['attempt']) + 1}")
+    return int(data["step"]), int(data["total"]), " | ".join(notes)
 
 
 def _report_checkpoint(engine, step: int, totals: _Totals, attempt: int, records: list | None, metrics: dict) -> None:
@@ -707,13 +736,18 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     local_model = Path(model_path)
     model_ref = str(local_model.resolve()) if local_model.exists() else model_path
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.run.ray_address or None, num_cpus=cfg.run.num_cpus or None)
+    from toolace_r.console import Progress, watch
+    from toolace_r.driver import init_ray
+
+    init_ray(cfg)  # nothing when Ray is up (the driver's, a test's)
     dataset = ray.data.from_items(
         [{"id": r["id"], "kind": r["kind"], "chat": json.dumps(r["chat"], ensure_ascii=False), "completion": r["completion"]}
          for r in rows])
 
     dataset.context.enable_progress_bars = False  # workers read their shard in one go; the bars only add noise
+    # Worker i gets rows [i·n/w, (i+1)·n/w) of `rows` in this order (_presplit: split_at_indices, independent of the
+    # block layout), and reads them in order: the same config trains on the same micro-batches on every run.
+    dataset.context.execution_options.preserve_order = True
     storage = Path(tcfg.storage_path).resolve() if tcfg.storage_path and "://" not in tcfg.storage_path else None
     storage_path = tcfg.storage_path if tcfg.storage_path and storage is None else str(storage or out / "ray_train")
     run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # a reused name would resume that run
@@ -737,7 +771,11 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     )
     log.info("training %d rows on %d workers (ZeRO-%d), Ray Train run %s/%s", len(rows), tcfg.num_workers,
              tcfg.zero_stage, storage_path, run_name)
-    result = trainer.fit()
+    progress_file = out / PROGRESS_FILE
+    progress_file.unlink(missing_ok=True)  # an earlier run's
+    with Progress("train", None, "steps") as bar, watch(bar, lambda: read_progress(progress_file)):
+        result = trainer.fit()
+    progress_file.unlink(missing_ok=True)
     if result.error:
         raise result.error
     if result.checkpoint is None:
