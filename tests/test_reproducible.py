@@ -78,16 +78,16 @@ def test_watch_polls_a_source_until_the_block_ends(tmp_path):
 def restore_logging():
     """log_to_dir rewires process-wide loggers: put them back afterwards."""
     names = ["", "toolace_r", *console.RAY_LOGGERS, *console.LIBRARY_LOGGERS]
-    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate, logging.getLogger(n).level)
-             for n in names}
+    saved = {n: (list(logging.getLogger(n).handlers), list(logging.getLogger(n).filters),
+                 logging.getLogger(n).propagate, logging.getLogger(n).level) for n in names}
     yield
     for logger, handler in console._state["file_handlers"]:
         logger.removeHandler(handler)
         handler.close()
     console._state.update(file_handlers=[], log_dir=None)
-    for n, (handlers, propagate, level) in saved.items():
+    for n, (handlers, filters, propagate, level) in saved.items():
         logger = logging.getLogger(n)
-        logger.handlers[:] = handlers
+        logger.handlers[:], logger.filters[:] = handlers, filters
         logger.propagate, logger.level = propagate, level
 
 
@@ -109,6 +109,20 @@ def test_ray_and_library_logs_go_to_files_and_toolace_r_to_the_console(tmp_path,
     assert "Running Dataset xyz" in ray_log and "Reporting training result 1" in ray_log
     driver_log = (log_dir / console.DRIVER_LOG).read_text()
     assert "Setting accelerator to CPU" in driver_log and "iter_000/train" in driver_log
+
+
+def test_native_stderr_goes_to_a_file_and_python_stderr_to_the_terminal(tmp_path):
+    """Ray's C++ core worker writes to fd 2 itself; after redirect_native_stderr that lands in a file, while Python's
+    sys.stderr (log lines, bars, tracebacks) still reaches the terminal. In a child: it rewires its own fds."""
+    code = ("import os, sys\nfrom toolace_r import console\n"
+            f"assert console.redirect_native_stderr({str(tmp_path)!r})\n"
+            "os.write(2, b'E core_worker.cc: native line\\n')\nprint('python line', file=sys.stderr)\n"
+            "raise SystemExit('a traceback-free exit message')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert "python line" in proc.stderr and "exit message" in proc.stderr
+    assert "native line" not in proc.stderr
+    assert (tmp_path / console.NATIVE_LOG).read_text() == "E core_worker.cc: native line\n"
 
 
 def test_worker_output_is_written_with_its_origin(tmp_path):

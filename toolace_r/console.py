@@ -29,14 +29,14 @@ log = logging.getLogger("toolace_r.progress")
 CONSOLE_FORMAT = "%(asctime)s %(message)s"
 CONSOLE_DATEFMT = "%H:%M:%S"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-DRIVER_LOG, RAY_LOG, WORKERS_LOG = "driver.log", "ray.log", "workers.log"
+DRIVER_LOG, RAY_LOG, WORKERS_LOG, NATIVE_LOG = "driver.log", "ray.log", "workers.log", "native_stderr.log"
 _WORKER_HANDLER = "toolace_r_worker_logs"
 # Loggers of libraries that install their own console handlers in the driver; log_to_dir sends them to files.
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
 LIBRARY_LOGGERS = ("DeepSpeed", "transformers", "torch", "datasets", "accelerate", "urllib3", "filelock")
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"log_dir": None, "file_handlers": [], "workers_file": None}
+_state: dict[str, Any] = {"log_dir": None, "file_handlers": [], "workers_file": None, "native": None}
 
 
 # ------------------------------------------------------------------------------------------------ console logging
@@ -78,6 +78,21 @@ def setup_logging(level: str = "INFO") -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
+class _ToFile(logging.Filter):
+    """A logger filter that hands each record to `handler` (a file) and stops it there. A filter on the logger
+    itself, so it also catches the console handler a library adds when it first creates its logger — DeepSpeed
+    does that on import, which may come after log_to_dir."""
+
+    def __init__(self, handler: logging.Handler):
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self.handler.level:
+            self.handler.handle(record)
+        return False
+
+
 def _is_console(handler: logging.Handler) -> bool:
     stream = getattr(handler, "stream", None)
     return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
@@ -115,11 +130,41 @@ def log_to_dir(log_dir: str | Path) -> Path:
                 _state["file_handlers"].append((logger, ray_file))
         for name in LIBRARY_LOGGERS:
             logger = logging.getLogger(name)
-            for handler in [h for h in logger.handlers if _is_console(h)]:
-                logger.removeHandler(handler)
-            logger.propagate = True  # → root → driver.log
+            for f in [f for f in logger.filters if isinstance(f, _ToFile)]:
+                logger.removeFilter(f)
+            logger.addFilter(_ToFile(driver))  # → driver.log, whatever handlers the library adds later
         _state["log_dir"] = log_dir
     return log_dir
+
+
+def redirect_native_stderr(log_dir: str | Path) -> bool:
+    """Point file descriptor 2 of this process at log_dir/native_stderr.log and give Python's sys.stderr a
+    duplicate of the terminal. What C/C++ code writes straight to fd 2 then lands in the file — Ray's core worker
+    prints e.g. "E core_worker.cc ... has constructor arguments in the object store and max_restarts > 0" once per
+    process, which every Ray Data actor pool triggers — while Python's stderr (toolace_r's lines, progress bars,
+    tracebacks) still reaches the terminal. Only for a process whose sys.stderr is its own (a command line, not a
+    test under pytest's capture); once per process. Returns whether fd 2 is redirected."""
+    import os
+
+    if _state["native"] is not None:
+        return True
+    if sys.stderr is not sys.__stderr__ or sys.__stderr__ is None:
+        return False
+    try:
+        fd = sys.__stderr__.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    path = Path(log_dir).resolve() / NATIVE_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.__stderr__.flush()
+    terminal = os.dup(fd)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(target, fd)
+    os.close(target)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.__stderr__.encoding or "utf-8",
+                           errors="backslashreplace")
+    _state["native"] = path
+    return True
 
 
 def worker_log_routing_available() -> bool:
@@ -194,10 +239,16 @@ class Progress:
         self._bar = None
         self._closed = False
         if self.tty:
+            import os
+
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=sys.stderr, dynamic_ncols=True,
-                             mininterval=0.5, smoothing=0.1, leave=True)
+            try:  # a terminal that reports 0 columns (a pty nobody sized) would get an empty bar
+                sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+            except (AttributeError, OSError, ValueError):
+                sized = False
+            self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=sized,
+                             ncols=None if sized else 100, mininterval=0.5, smoothing=0.1, leave=True)
 
     def set_total(self, total: int | None) -> None:
         if total == self.total:

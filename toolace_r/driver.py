@@ -264,6 +264,7 @@ def init_ray(cfg: Config, log_dir: str | Path | None = None) -> bool:
     from toolace_r.storage import RunDir
 
     log_dir = console.log_to_dir(Path(log_dir) if log_dir else RunDir(cfg.run.dir).local / "logs")
+    console.redirect_native_stderr(log_dir)  # Ray's C++ core worker writes to fd 2 itself (a command line only)
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.enable_progress_bars = False  # Ray Data's "Running Dataset" blocks and per-operator bars
     data_ctx.enable_operator_progress_bars = False
