@@ -762,7 +762,7 @@ def read_samples_file(path: str | Path, format: str = "auto", on_error: str = "r
             keys = sorted(next((r for r in records if isinstance(r, dict)), {}).keys())
             raise DataError(f"cannot tell the format from the records (keys {keys}); set pool.format to one of "
                             f"{', '.join(FORMATS)}", path=str(path))
-        format = max(set(known), key=known.count)
+        format = max(dict.fromkeys(known), key=known.count)  # a tie goes to the first seen, not to hash order
     ctx = _Ctx(path=str(path), stem=p.stem if p.is_file() else p.name, require_declared=require_declared)
     if format == "bfcl":
         ctx.answers, ctx.category = _bfcl_context(p)
