@@ -230,7 +230,7 @@ def probe(
             decoder=pc.decoder,
             dtype=cfg.model.dtype,
             trust_remote_code=cfg.model.trust_remote_code,
-            torch_threads=pc.cpus_per_actor if pc.gpus_per_actor == 0 else 0,
+            torch_threads=max(1.0, pc.cpus_per_actor) if pc.gpus_per_actor == 0 else 0,
         ),
         batch_format="pyarrow",
         batch_size=batch_size,  # None: one fixed batch (= one block) per call
