@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 NAME = "tiny-base"
 SHIPPED_DIR = Path(__file__).parent / "assets" / NAME
 BUILD_FILE = "base_build.json"  # in the model dir: the config and hash it was built from, and its training log
-CORPUS_VERSION = 1  # bump when general_pool's output changes for the same seeds
+CORPUS_VERSION = 3  # bump when general_pool's output changes for the same seeds
 
 
 def base_spec(cfg: Config) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def corpus_rows(cfg: Config, seed_offset: int = 0) -> Iterator[dict[str, Any]]:
     from toolace_r.train import rows_from_samples
 
     b = cfg.model.base
-    for sample in general_samples(b.sample_seed + seed_offset, b.catalogue_seed):
+    for sample in general_samples(b.sample_seed + seed_offset):
         yield rows_from_samples([sample], cfg.model.prompt_style)[0]
 
 
@@ -188,7 +188,7 @@ def build_base_model(cfg: Config, out: Path, on_eval: Callable | None = None, ev
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     torch.set_num_threads(max(1, cfg.model.base.threads))
-    texts_from = list(itertools.islice(general_samples(cfg.model.base.sample_seed + 10_000, cfg.model.base.catalogue_seed),
+    texts_from = list(itertools.islice(general_samples(cfg.model.base.sample_seed + 10_000),
                                        cfg.model.base.tokenizer_samples))
     build_tiny_model(tmp, pool_texts(texts_from, cfg.model.prompt_style), cfg.model.tiny, cfg.model.prompt_style)
     model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)

@@ -10,7 +10,8 @@ calls, say when nothing fits) but none of the target pool's tools, phrasings or 
 How it forces copying: values are drawn from large open spaces (made-up names from syllables, codes, numbers, dates,
 times) so that no value can be memorised; the only way to get an argument right is to copy it from the request.
 
-The catalogue (tools, their parameters and request phrasings) is fixed by `catalogue_seed`; samples are drawn
+Tools are made up afresh for every sample (a verb and a noun for the name, attribute words for the parameters),
+so the only way to write a tool's name or a parameter's name is to copy it from the prompt. Samples are drawn
 without end from `sample_seed`, so a base model can be trained on fresh samples only. Nothing here overlaps the
 target pool: the test `tests/data/test_general_pool.py` checks tool names, parameter names and domains.
 """
@@ -89,7 +90,36 @@ NAMES_KIND = Kind("array", _list_of(made_up_name), ("for {v}", "with {w} {v}", "
 NUMBERS_KIND = Kind("array", _list_of(_int(1, 500)), ("{w} {v}", "with {w} {v}"), items="integer")
 FLAG_KIND = Kind("boolean", None, ("with {w}", "and {w} on", "{w} enabled"))
 
-# (domain, [(entity, [(param name, kind, enum values or None)], ...)])
+# The open catalogue: a tool is made up fresh for every sample from these words, so its name and its parameters
+# names can only be written by copying them from the prompt (a fixed catalogue was memorised instead: measured,
+# a 1 M model trained on 192 fixed tools wrote their names into every target prompt and solved none of it).
+NOUNS = ["invoice", "voucher", "parcel", "ticket", "badge", "permit", "lease", "sensor", "drone", "kiln", "loom",
+         "hive", "orchard", "vault", "ledger", "locker", "canoe", "glacier", "pipeline", "cluster", "kennel", "quarry",
+         "vineyard", "turbine", "satellite", "archive", "manuscript", "fossil", "reactor", "greenhouse", "pallet",
+         "container", "warehouse", "tractor", "harvest", "seedling", "beehive", "aquarium", "stable", "saddle",
+         "lantern", "compass", "telescope", "microscope", "specimen", "vaccine", "clinic", "pharmacy", "ambulance",
+         "classroom", "semester", "thesis", "scholarship", "tutor", "exam", "library", "museum", "gallery",
+         "sculpture", "canvas", "mural", "studio", "podcast", "episode", "sponsor", "broadcast", "antenna", "router",
+         "server", "database", "backup", "firewall", "certificate", "domain", "mailbox", "newsletter", "survey",
+         "ballot", "petition", "donation", "volunteer", "charity", "grant", "budget", "payroll", "pension", "claim",
+         "policy", "premium", "contract", "lawsuit", "hearing", "witness", "patent", "trademark", "license",
+         "vehicle", "trailer", "garage", "tire", "battery", "charger", "meter", "panel", "boiler", "chimney",
+         "roof", "fence", "gate", "bridge", "tunnel", "harbor", "ferry", "berth", "anchor", "yacht", "crew",
+         "shift", "roster", "badge", "uniform", "locker", "gym", "trophy", "tournament", "league", "referee",
+         "stadium", "arena", "concert", "rehearsal", "choir", "orchestra", "costume", "puppet", "circus", "festival"]
+ADJECTIVES = ["solar", "mobile", "annual", "backup", "shared", "private", "remote", "digital", "rental", "spare",
+              "night", "weekly", "express", "bulk", "guest", "field", "legacy", "pilot", "sample", "team"]
+# attribute word → the kind of value it holds
+ATTRIBUTES: dict[str, Kind] = {
+    "name": NAME_KIND, "title": NAME_KIND, "owner": NAME_KIND, "label": NAME_KIND, "contact": NAME_KIND,
+    "id": CODE_KIND, "code": CODE_KIND, "number": CODE_KIND, "reference": CODE_KIND, "serial": CODE_KIND,
+    "note": TEXT_KIND, "message": TEXT_KIND, "comment": TEXT_KIND,
+    "email": EMAIL_KIND, "date": DATE_KIND, "deadline": DATE_KIND, "start_date": DATE_KIND,
+    "time": TIME_KIND, "start_time": TIME_KIND, "count": COUNT_KIND, "quantity": COUNT_KIND, "hours": COUNT_KIND,
+    "limit": COUNT_KIND, "capacity": BIG_INT_KIND, "budget": BIG_INT_KIND, "weight": FLOAT_KIND,
+    "length": FLOAT_KIND, "rate": FLOAT_KIND, "price": FLOAT_KIND, "members": NAMES_KIND, "tags": NAMES_KIND,
+    "ids": NUMBERS_KIND, "values": NUMBERS_KIND, "urgent": FLAG_KIND, "archived": FLAG_KIND, "notify": FLAG_KIND,
+}
 ENUMS = {
     "priority": ("low", "normal", "urgent"), "size": ("small", "medium", "large"),
     "format": ("pdf", "csv", "html"), "visibility": ("private", "team", "public"),
@@ -97,73 +127,26 @@ ENUMS = {
     "frequency": ("hourly", "nightly", "quarterly"), "material": ("wood", "steel", "glass", "clay"),
     "sort_order": ("newest", "oldest", "cheapest"), "condition": ("new", "used", "refurbished"),
 }
-DOMAINS: dict[str, dict[str, list[tuple[str, Kind]]]] = {
-    "library": {"book_loan": [("member_id", CODE_KIND), ("book_title", NAME_KIND), ("due_date", DATE_KIND)],
-                "reading_room": [("room_code", CODE_KIND), ("seats", COUNT_KIND), ("start_time", TIME_KIND)]},
-    "pets": {"vet_visit": [("pet_name", NAME_KIND), ("visit_date", DATE_KIND), ("clinic_code", CODE_KIND),
-                           ("weight_lb", FLOAT_KIND)],
-             "pet_license": [("owner_email", EMAIL_KIND), ("pet_name", NAME_KIND), ("tag_number", CODE_KIND)]},
-    "garden": {"planting_plan": [("plant_names", NAMES_KIND), ("bed_area", FLOAT_KIND), ("sow_date", DATE_KIND)],
-               "irrigation_zone": [("zone_code", CODE_KIND), ("minutes", COUNT_KIND), ("night_mode", FLAG_KIND)]},
-    "school": {"course_enrollment": [("student_id", CODE_KIND), ("course_name", NAME_KIND), ("credits", COUNT_KIND)],
-               "exam_slot": [("exam_code", CODE_KIND), ("exam_date", DATE_KIND), ("room_size", COUNT_KIND)]},
-    "property": {"rental_listing": [("listing_id", CODE_KIND), ("monthly_rent", BIG_INT_KIND),
-                                    ("square_meters", FLOAT_KIND), ("furnished", FLAG_KIND)],
-                 "viewing": [("agent_name", NAME_KIND), ("viewing_date", DATE_KIND), ("viewing_time", TIME_KIND)]},
-    "staffing": {"job_posting": [("job_title", NAME_KIND), ("salary", BIG_INT_KIND), ("remote_ok", FLAG_KIND)],
-                 "leave_request": [("employee_id", CODE_KIND), ("first_day", DATE_KIND), ("days_off", COUNT_KIND)]},
-    "freight": {"shipment": [("tracking_code", CODE_KIND), ("parcel_weight", FLOAT_KIND), ("recipient", NAME_KIND)],
-                "pallet_pickup": [("depot_code", CODE_KIND), ("pallets", COUNT_KIND), ("pickup_date", DATE_KIND)]},
-    "astronomy": {"telescope_session": [("target_star", NAME_KIND), ("exposure_seconds", COUNT_KIND),
-                                        ("observing_date", DATE_KIND)],
-                  "sky_alert": [("object_name", NAME_KIND), ("magnitude", FLOAT_KIND), ("alert_email", EMAIL_KIND)]},
-    "garage": {"car_service": [("plate_number", CODE_KIND), ("service_date", DATE_KIND), ("mileage", BIG_INT_KIND)],
-               "tire_change": [("plate_number", CODE_KIND), ("tire_count", COUNT_KIND), ("winter_tires", FLAG_KIND)]},
-    "games": {"game_lobby": [("lobby_name", NAME_KIND), ("players", COUNT_KIND), ("ranked", FLAG_KIND)],
-              "high_score": [("player_tag", NAME_KIND), ("points", BIG_INT_KIND), ("level_code", CODE_KIND)]},
-    "photos": {"photo_album": [("album_title", NAME_KIND), ("photo_ids", NUMBERS_KIND), ("shared", FLAG_KIND)],
-               "print_order": [("photo_code", CODE_KIND), ("copies", COUNT_KIND), ("print_width", FLOAT_KIND)]},
-    "legal": {"contract_review": [("contract_id", CODE_KIND), ("client_name", NAME_KIND), ("deadline", DATE_KIND)],
-              "court_filing": [("case_number", CODE_KIND), ("filing_date", DATE_KIND), ("pages", COUNT_KIND)]},
-    "insurance": {"claim": [("policy_number", CODE_KIND), ("claim_amount", FLOAT_KIND), ("incident_date", DATE_KIND)],
-                  "policy_quote": [("holder_name", NAME_KIND), ("coverage", BIG_INT_KIND), ("smoker", FLAG_KIND)]},
-    "farm": {"harvest_log": [("field_code", CODE_KIND), ("tons", FLOAT_KIND), ("crop_names", NAMES_KIND)],
-             "feed_order": [("barn_name", NAME_KIND), ("sacks", COUNT_KIND), ("delivery_date", DATE_KIND)]},
-    "energy": {"meter_reading": [("meter_id", CODE_KIND), ("kwh", FLOAT_KIND), ("reading_date", DATE_KIND)],
-               "solar_panel": [("panel_count", COUNT_KIND), ("roof_area", FLOAT_KIND), ("battery", FLAG_KIND)]},
-    "social": {"group_post": [("group_name", NAME_KIND), ("post_text", TEXT_KIND), ("pinned", FLAG_KIND)],
-               "friend_invite": [("friend_names", NAMES_KIND), ("invite_note", TEXT_KIND)]},
-    "servers": {"deployment": [("service_name", NAME_KIND), ("replicas", COUNT_KIND), ("build_tag", CODE_KIND)],
-                "backup_job": [("volume_id", CODE_KIND), ("run_time", TIME_KIND), ("compress", FLAG_KIND)]},
-    "museum": {"guided_tour": [("guide_name", NAME_KIND), ("tour_date", DATE_KIND), ("group_size", COUNT_KIND)],
-               "exhibit_loan": [("exhibit_code", CODE_KIND), ("lender", NAME_KIND), ("insured_value", BIG_INT_KIND)]},
-    "parking": {"parking_permit": [("plate_number", CODE_KIND), ("permit_days", COUNT_KIND), ("zone_name", NAME_KIND)],
-                "garage_spot": [("level_number", COUNT_KIND), ("arrival_time", TIME_KIND), ("charger", FLAG_KIND)]},
-    "charity": {"donation": [("donor_name", NAME_KIND), ("gift_amount", FLOAT_KIND), ("anonymous", FLAG_KIND)],
-                "volunteer_shift": [("volunteer_email", EMAIL_KIND), ("shift_date", DATE_KIND),
-                                    ("shift_hours", COUNT_KIND)]},
-    "podcast": {"episode": [("episode_title", NAME_KIND), ("duration_minutes", COUNT_KIND),
-                            ("guest_names", NAMES_KIND)],
-                "sponsor_slot": [("sponsor_name", NAME_KIND), ("slot_seconds", COUNT_KIND), ("ad_code", CODE_KIND)]},
-    "lab": {"sample_test": [("sample_code", CODE_KIND), ("volume_ml", FLOAT_KIND), ("test_date", DATE_KIND)],
-            "equipment_booking": [("instrument_name", NAME_KIND), ("hours", COUNT_KIND), ("start_time", TIME_KIND)]},
-    "printing": {"poster_job": [("design_code", CODE_KIND), ("sheets", COUNT_KIND), ("glossy", FLAG_KIND)],
-                 "binding_job": [("report_title", NAME_KIND), ("page_numbers", NUMBERS_KIND)]},
-    "sailing": {"boat_charter": [("boat_name", NAME_KIND), ("charter_date", DATE_KIND), ("crew_size", COUNT_KIND)],
-                "mooring": [("berth_code", CODE_KIND), ("nights", COUNT_KIND), ("boat_length", FLOAT_KIND)]},
-}
-ENUM_PARAMS = [("priority", "priority"), ("size", "size"), ("format", "format"), ("visibility", "visibility"),
-               ("level", "level"), ("channel", "contact_channel"), ("frequency", "frequency"),
-               ("material", "material"), ("sort_order", "sort_order"), ("condition", "condition")]
+ENUM_NAMES = {"priority": "priority", "size": "size", "format": "format", "visibility": "visibility",
+              "level": "level", "channel": "channel", "frequency": "frequency", "material": "material",
+              "sort_order": "sort_order", "condition": "condition"}
 
 # verb → (tool-name verb, request phrasings of the verb, how the tool describes itself)
 VERBS = {
-    "create": ("create", ["create", "set up", "open", "register"], "Create"),
+    "create": ("create", ["create", "set up", "open"], "Create"),
     "cancel": ("cancel", ["cancel", "call off", "withdraw"], "Cancel"),
     "update": ("update", ["update", "change", "modify"], "Update"),
-    "lookup": ("lookup", ["look up", "find", "check"], "Look up"),
+    "get": ("get", ["get", "show me", "fetch", "pull up"], "Get"),
+    "search": ("search", ["search for", "find", "look for"], "Search for"),
+    "book": ("book", ["book", "reserve"], "Book"),
     "schedule": ("schedule", ["schedule", "plan", "arrange"], "Schedule"),
-    "export": ("export", ["export", "download", "send me"], "Export"),
+    "export": ("export", ["export", "download"], "Export"),
+    "send": ("send", ["send", "submit", "forward"], "Send"),
+    "delete": ("delete", ["delete", "remove", "erase"], "Delete"),
+    "calculate": ("calculate", ["calculate", "compute", "work out"], "Calculate"),
+    "track": ("track", ["track", "follow", "monitor"], "Track"),
+    "register": ("register", ["register", "sign up", "enrol"], "Register"),
+    "check": ("check", ["check", "verify", "inspect"], "Check"),
 }
 OPENERS = ["{verb} {a} {entity} {params}.", "Please {verb} {a} {entity} {params}.",
            "Can you {verb} {a} {entity} {params}?", "I need to {verb} {a} {entity} {params}.",
@@ -191,7 +174,6 @@ class GParam:
 @dataclass
 class GTool:
     name: str
-    domain: str
     entity: str
     verb: str
     params: list[GParam]
@@ -204,23 +186,56 @@ class GTool:
                                "required": [p.name for p in self.params if p.required]}}
 
 
-def build_catalogue(seed: int = 0) -> list[GTool]:
-    """Every (domain entity, verb) pair that makes sense as a tool, with a fixed parameter list per tool: the
-    entity's own parameters (some optional) plus, for a third of the tools, one enum parameter."""
-    rng = random.Random(f"general-catalogue-{seed}")
-    tools: list[GTool] = []
-    for domain, entities in DOMAINS.items():
-        for entity, params in entities.items():
-            for verb in rng.sample(sorted(VERBS), 4):
-                # flags are optional (a request only mentions one to switch it on); the first parameter is required
-                chosen = [GParam(name, kind, required=kind.type != "boolean" and (i == 0 or rng.random() < 0.6))
-                          for i, (name, kind) in enumerate(params)]
-                if rng.random() < 0.35:
-                    enum_key, enum_name = rng.choice(ENUM_PARAMS)
-                    chosen.append(GParam(enum_name, Kind("string", None, ("{v}", "as {v}", "with {w} {v}")),
-                                         required=rng.random() < 0.5, enum=ENUMS[enum_key]))
-                tools.append(GTool(f"{VERBS[verb][0]}_{entity}", domain, entity, verb, chosen))
-    return tools
+def _word(rng: random.Random) -> str:
+    """A noun, sometimes made up (so no word list can be memorised either)."""
+    return made_up_name(rng, (2, 3)).lower() if rng.random() < 0.25 else rng.choice(NOUNS)
+
+
+def make_tool(rng: random.Random, entity: str | None = None, verb: str | None = None) -> GTool:
+    """A tool made up on the spot: `verb_entity` with 1–4 parameters named after the entity or generic
+    attributes, a third of the time an enum parameter, flags always optional, the first parameter required."""
+    if entity is None:
+        entity = _word(rng) if rng.random() < 0.6 else f"{rng.choice(ADJECTIVES)}_{_word(rng)}"
+    verb = verb or rng.choice(sorted(VERBS))
+    names: list[str] = []
+    params: list[GParam] = []
+    for attribute in rng.sample(sorted(ATTRIBUTES), rng.randint(1, 4)):
+        name = attribute if rng.random() < 0.4 else f"{entity.split('_')[-1]}_{attribute}"
+        if name in names:
+            continue
+        names.append(name)
+        kind = ATTRIBUTES[attribute]
+        params.append(GParam(name, kind, required=kind.type != "boolean" and (not params or rng.random() < 0.6)))
+    if rng.random() < 0.35:
+        enum_key = rng.choice(sorted(ENUM_NAMES))
+        params.append(GParam(ENUM_NAMES[enum_key], Kind("string", None, ("{v}", "as {v}", "with {w} {v}")),
+                             required=rng.random() < 0.5, enum=ENUMS[enum_key]))
+    return GTool(tool_name(rng, verb, entity), entity, verb, params)
+
+
+# Words a tool's *name* may use for a verb, drawn independently of the request's wording: a name that could be
+# composed from the request (`check_episode` for "check an episode") was composed, not copied — measured: such a
+# base wrote made-up names like `cancel_kara` into every target prompt. Only the description says what a tool does.
+NAME_VERBS = {
+    "create": ["create", "new", "add", "make"], "cancel": ["cancel", "abort", "void"],
+    "update": ["update", "edit", "patch", "set"], "get": ["get", "fetch", "retrieve", "read"],
+    "search": ["search", "find", "query", "browse"], "book": ["book", "reserve", "hold"],
+    "schedule": ["schedule", "plan", "slot"], "export": ["export", "dump", "download"],
+    "send": ["send", "dispatch", "post"], "delete": ["delete", "remove", "drop"],
+    "calculate": ["calculate", "compute", "estimate"], "track": ["track", "monitor", "watch"],
+    "register": ["register", "enroll", "signup"], "check": ["check", "verify", "inspect"],
+}
+
+
+def tool_name(rng: random.Random, verb: str, entity: str) -> str:
+    """`verb_entity`, `entity_verb` or camelCase, with a name verb the request does not determine."""
+    word = rng.choice(NAME_VERBS[verb])
+    form = rng.random()
+    if form < 0.6:
+        return f"{word}_{entity}"
+    if form < 0.8:
+        return f"{entity}_{word}"
+    return word + "".join(part.capitalize() for part in entity.split("_"))
 
 
 def _surface(value: Any) -> str:
@@ -266,47 +281,41 @@ def _truth(tool: GTool, args: dict[str, Any]) -> dict[str, dict[str, list[Any]]]
     return {tool.name: out}
 
 
-def _others(rng: random.Random, catalogue: list[GTool], exclude: set[str], n: int) -> list[GTool]:
-    """n tools of other entities than `exclude`, one per entity."""
+def _others(rng: random.Random, exclude: set[str], n: int) -> list[GTool]:
+    """n made-up tools of other entities than `exclude`, one per entity."""
     chosen: list[GTool] = []
-    for t in rng.sample(catalogue, len(catalogue)):
-        if len(chosen) == n:
-            break
-        if t.entity not in exclude and all(t.entity != c.entity for c in chosen):
-            chosen.append(t)
+    while len(chosen) < n:
+        tool = make_tool(rng)
+        if tool.entity not in exclude and all(tool.entity != c.entity for c in chosen):
+            chosen.append(tool)
     return chosen
 
 
-def _same_entity(rng: random.Random, catalogue: list[GTool], tool: GTool) -> list[GTool]:
-    """Another verb on the same entity (asked for 30 % of multiple-choice samples: the verb decides)."""
-    siblings = [t for t in catalogue if t.entity == tool.entity and t.name != tool.name]
-    return [rng.choice(siblings)] if siblings and rng.random() < 0.3 else []
+def _same_entity(rng: random.Random, tool: GTool) -> list[GTool]:
+    """Another verb on the same entity (30 % of multiple-choice samples: then the verb decides)."""
+    if rng.random() >= 0.3:
+        return []
+    return [make_tool(rng, tool.entity, rng.choice([v for v in sorted(VERBS) if v != tool.verb]))]
 
 
-def draw_sample(rng: random.Random, catalogue: list[GTool], category: str, index: int) -> Sample:
+def draw_sample(rng: random.Random, category: str, index: int) -> Sample:
     if category in ("simple", "multiple", "irrelevance"):
-        tool = rng.choice(catalogue)
+        tool = make_tool(rng)
         text, args = _draw_call(rng, tool)
         if category == "simple":
             offered, truth = [tool], [_truth(tool, args)]
         elif category == "multiple":
-            offered = [tool] + _same_entity(rng, catalogue, tool) + _others(rng, catalogue, {tool.entity},
-                                                                             rng.randint(1, 3))
+            offered = [tool] + _same_entity(rng, tool) + _others(rng, {tool.entity}, rng.randint(1, 3))
             truth = [_truth(tool, args)]
         else:
-            offered, truth = _others(rng, catalogue, {tool.entity}, rng.randint(1, 4)), []
+            offered, truth = _others(rng, {tool.entity}, rng.randint(1, 4)), []
     else:
         if category == "parallel":
-            tools = [rng.choice(catalogue)] * rng.choice([2, 2, 3])
+            tools = [make_tool(rng)] * rng.choice([2, 2, 3])
             offered = [tools[0]]
         else:
-            tools = []
-            for t in rng.sample(catalogue, len(catalogue)):
-                if all(t.entity != u.entity for u in tools):
-                    tools.append(t)
-                if len(tools) == rng.choice([2, 2, 3]) or len(tools) == 3:
-                    break
-            offered = tools + _others(rng, catalogue, {t.entity for t in tools}, rng.randint(0, 2))
+            tools = _others(rng, set(), rng.choice([2, 2, 3]))
+            offered = tools + _others(rng, {t.entity for t in tools}, rng.randint(0, 2))
         drawn = [_draw_call(rng, t) for t in tools]
         text = drawn[0][0] + "".join(" " + rng.choice(JOINERS) + d[0][0].lower() + d[0][1:] for d in drawn[1:])
         truth = [_truth(t, a) for t, (_, a) in zip(tools, drawn)]
@@ -317,16 +326,14 @@ def draw_sample(rng: random.Random, catalogue: list[GTool], category: str, index
                   source=f"general/{category}")
 
 
-def general_samples(sample_seed: int = 0, catalogue_seed: int = 0,
-                    mix: dict[str, float] | None = None) -> Iterator[Sample]:
-    """Fresh samples without end, deterministic for (sample_seed, catalogue_seed)."""
+def general_samples(sample_seed: int = 0, mix: dict[str, float] | None = None) -> Iterator[Sample]:
+    """Fresh samples (and fresh tools) without end, deterministic for `sample_seed`."""
     from toolace_r.data.default_pool import CATEGORY_WEIGHTS
 
     mix = dict(CATEGORY_WEIGHTS if mix is None else mix)
-    catalogue = build_catalogue(catalogue_seed)
     rng = random.Random(f"general-samples-{sample_seed}")
     categories, weights = list(mix), list(mix.values())
     index = 0
     while True:
-        yield draw_sample(rng, catalogue, rng.choices(categories, weights)[0], index)
+        yield draw_sample(rng, rng.choices(categories, weights)[0], index)
         index += 1
