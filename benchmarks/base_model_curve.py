@@ -46,7 +46,8 @@ def main() -> int:
     from toolace_r.models import load_tokenizer
     from toolace_r.refine import RefineItem, adaptive_refine
 
-    _, heldout = generate_pool(0, args.items, seed=cfg.pool.builtin.seed, mix=dict(cfg.pool.builtin.mix))
+    _, heldout = generate_pool(0, args.items, seed=cfg.pool.builtin.seed, mix=dict(cfg.pool.builtin.mix),
+                               domains=list(cfg.pool.builtin.domains))  # the target pool's test split
     state: dict = {}
 
     def on_eval(step: int, tokens: int) -> dict:

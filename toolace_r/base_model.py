@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 NAME = "tiny-base"
 SHIPPED_DIR = Path(__file__).parent / "assets" / NAME
 BUILD_FILE = "base_build.json"  # in the model dir: the config and hash it was built from, and its training log
-CORPUS_VERSION = 3  # bump when general_pool's output changes for the same seeds
+CORPUS_VERSION = 4  # bump when general_pool's output changes for the same seeds
 
 
 def base_spec(cfg: Config) -> dict[str, Any]:
@@ -78,14 +78,39 @@ def resolve_base_model(cfg: Config, build: bool = True) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ building
-def corpus_rows(cfg: Config, seed_offset: int = 0) -> Iterator[dict[str, Any]]:
-    """Endless training rows (chat + gold answer) of the general corpus."""
+def corpus_samples(cfg: Config, seed_offset: int = 0) -> Iterator[Any]:
+    """Endless general-corpus samples: made-up tools, and a `natural_fraction` share of natural requests for the
+    catalogue's `natural_domains`, interleaved by a seeded coin."""
+    from toolace_r.data.default_pool import natural_samples
     from toolace_r.data.general_pool import general_samples
-    from toolace_r.train import rows_from_samples
 
     b = cfg.model.base
-    for sample in general_samples(b.sample_seed + seed_offset):
+    made_up = general_samples(b.sample_seed + seed_offset)
+    natural = natural_samples(b.sample_seed + seed_offset, list(b.natural_domains)) if b.natural_domains else None
+    coin = random.Random(f"mix-{b.sample_seed + seed_offset}")
+    while True:
+        yield next(natural) if natural is not None and coin.random() < b.natural_fraction else next(made_up)
+
+
+def corpus_rows(cfg: Config, seed_offset: int = 0) -> Iterator[dict[str, Any]]:
+    """Endless training rows (chat + gold answer) of the general corpus."""
+    from toolace_r.train import rows_from_samples
+
+    for sample in corpus_samples(cfg, seed_offset):
         yield rows_from_samples([sample], cfg.model.prompt_style)[0]
+
+
+def check_disjoint(cfg: Config) -> None:
+    """The base's natural requests must come from other domains than the built-in target pool's."""
+    from toolace_r.data.default_pool import DOMAINS
+    from toolace_r.errors import ConfigError
+
+    natural = set(cfg.model.base.natural_domains)
+    if cfg.pool.path == "builtin" and natural:
+        target = set(cfg.pool.builtin.domains or DOMAINS)
+        if natural & target:
+            raise ConfigError(f"model.base.natural_domains {sorted(natural & target)} are also in the target pool "
+                              f"(pool.builtin.domains): the base would have seen the target's tools")
 
 
 def _batches(rows: Iterator[dict], tokenizer: Any, tokens_per_step: int, max_length: int, seed: int) -> Iterator[list[dict]]:
@@ -181,15 +206,13 @@ def build_base_model(cfg: Config, out: Path, on_eval: Callable | None = None, ev
     from transformers import AutoModelForCausalLM
 
     from toolace_r.data.pool import pool_texts
-    from toolace_r.data.general_pool import general_samples
     from toolace_r.models import build_tiny_model, load_tokenizer
 
     spec = base_spec(cfg)
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     torch.set_num_threads(max(1, cfg.model.base.threads))
-    texts_from = list(itertools.islice(general_samples(cfg.model.base.sample_seed + 10_000),
-                                       cfg.model.base.tokenizer_samples))
+    texts_from = list(itertools.islice(corpus_samples(cfg, 10_000), cfg.model.base.tokenizer_samples))
     build_tiny_model(tmp, pool_texts(texts_from, cfg.model.prompt_style), cfg.model.tiny, cfg.model.prompt_style)
     model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     tokenizer = load_tokenizer(str(tmp))

@@ -44,6 +44,11 @@ class BaseModelConfig:
     max_length: int = 384
     bf16_autocast: bool = True  # on CPU: fp32 weights, bf16 matmuls (1.5-2x faster where the CPU has avx512_bf16)
     tokenizer_samples: int = 20000  # general-corpus samples the byte-level BPE is trained on
+    # Natural requests: this share of the rows comes from the built-in catalogue's `natural_domains` (requests as
+    # people word them, tools the target pool must not use: keep pool.builtin.domains disjoint, the driver checks);
+    # the rest are made-up tools (toolace_r.data.general_pool), which force copying names and values.
+    natural_domains: list[str] = field(default_factory=list)
+    natural_fraction: float = 0.0
     sample_seed: int = 0  # which tools and requests are drawn
     seed: int = 0  # init and batch order
     threads: int = 1  # torch threads while building: one thread is robust when the box is busy (two OpenMP threads
@@ -72,6 +77,8 @@ class BuiltinPoolConfig:
     n_train: int = 4000
     n_heldout: int = 200
     seed: int = 0
+    # catalogue domains the pool draws its tools from (toolace_r.data.default_pool.DOMAINS); empty = all 12
+    domains: list[str] = field(default_factory=list)
     # share of each category (normalised); single calls are easy for a tiny model, parallel and irrelevance hard
     mix: dict[str, float] = field(default_factory=lambda: {
         "simple": 0.2, "multiple": 0.35, "parallel": 0.15, "parallel_multiple": 0.15, "irrelevance": 0.15})

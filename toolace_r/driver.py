@@ -346,8 +346,9 @@ def base_model_stage(cfg: Config, pool: list[Sample], run_dir: Path) -> dict:
     toolace_r.base_model); "tiny" = a randomly initialised tiny Llama with a tokenizer trained on the pool text,
     built into RUN_DIR/base_model."""
     if cfg.model.path == "tiny-base":
-        from toolace_r.base_model import base_spec, resolve_base_model, spec_hash
+        from toolace_r.base_model import base_spec, check_disjoint, resolve_base_model, spec_hash
 
+        check_disjoint(cfg)
         return {"model_dir": str(resolve_base_model(cfg)), "built": False, "base_hash": spec_hash(base_spec(cfg))}
     if cfg.model.path != "tiny":
         return {"model_dir": cfg.model.path, "built": False}

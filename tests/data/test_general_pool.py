@@ -41,3 +41,15 @@ def test_every_category_appears_and_its_gold_answer_passes_the_checker():
 def test_the_stream_is_deterministic_for_a_seed():
     assert [s.messages for s in _take(50, 3)] == [s.messages for s in _take(50, 3)]
     assert [s.messages for s in _take(50, 3)] != [s.messages for s in _take(50, 4)]
+
+
+def test_natural_samples_use_only_their_domains_and_a_restricted_pool_only_its_own():
+    from toolace_r.data.default_pool import TOOLS, natural_samples
+
+    domain_of = {t.name: t.domain for t in TOOLS}
+    natural = list(itertools.islice(natural_samples(0, ["finance", "math"]), 300))
+    assert {domain_of[t["name"]] for s in natural for t in s.tools} == {"finance", "math"}
+    train, heldout = generate_pool(300, 100, domains=["weather", "travel", "news"])
+    assert {domain_of[t["name"]] for s in train + heldout for t in s.tools} == {"weather", "travel", "news"}
+    for s in natural[:100] + train[:100]:
+        assert check(render_answer(s.gold_calls()), s.tools, s.truth, s.category, "bfcl").valid

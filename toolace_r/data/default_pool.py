@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from toolace_r.data.schema import Sample, _acceptable
 from toolace_r.errors import ConfigError
@@ -542,10 +542,11 @@ def _join(rng: random.Random, texts: list[str]) -> str:
     return f"{COUNTS[len(texts)]} things. " + " ".join(texts)
 
 
-def _distractors(rng: random.Random, exclude_groups: set[str], n: int, prefer_domain: str | None = None) -> list[Tool]:
+def _distractors(rng: random.Random, exclude_groups: set[str], n: int, prefer_domain: str | None = None,
+                 tools: list[Tool] = TOOLS) -> list[Tool]:
     """n other tools, none from the excluded capability groups; half of the time from the same domain first
     (harder to tell apart)."""
-    others = [t for t in TOOLS if t.group not in exclude_groups]
+    others = [t for t in tools if t.group not in exclude_groups]
     chosen: list[Tool] = []
     if prefer_domain and rng.random() < 0.5:
         same = [t for t in others if t.domain == prefer_domain]
@@ -555,23 +556,23 @@ def _distractors(rng: random.Random, exclude_groups: set[str], n: int, prefer_do
     return chosen
 
 
-def _make(rng: random.Random, category: str) -> tuple[list[Tool], list[_Call], list[_Call], str]:
+def _make(rng: random.Random, category: str, tools: list[Tool] = TOOLS) -> tuple[list[Tool], list[_Call], list[_Call], str]:
     """(offered tools, expected calls, requested calls, request text) for one sample of `category`. For
     irrelevance the request is for a tool that is not offered: expected [] but one requested call (it still counts
     for the held-out leak check)."""
     if category in ("simple", "multiple", "irrelevance"):
-        tool = rng.choice(TOOLS)
+        tool = rng.choice(tools)
         call = _draw_call(rng, tool)
         if category == "simple":
             return [tool], [call], [call], call.text
         if category == "multiple":
-            offered = [tool] + _distractors(rng, {tool.group}, rng.randint(2, 4), tool.domain)
+            offered = [tool] + _distractors(rng, {tool.group}, rng.randint(2, 4), tool.domain, tools)
             rng.shuffle(offered)
             return offered, [call], [call], call.text
-        offered = _distractors(rng, {tool.group}, rng.randint(1, 4), tool.domain)
+        offered = _distractors(rng, {tool.group}, rng.randint(1, 4), tool.domain, tools)
         return offered, [], [call], call.text
     if category == "parallel":
-        tool = rng.choice(TOOLS)
+        tool = rng.choice(tools)
         calls = [_draw_call(rng, tool)]
         for _ in range(rng.choice([1, 1, 2])):
             calls.append(_draw_call(rng, tool, avoid=calls[-1].args))
@@ -579,20 +580,20 @@ def _make(rng: random.Random, category: str) -> tuple[list[Tool], list[_Call], l
     # parallel_multiple: 2 different tools (sometimes 3), each called once, among 3–5 candidates
     n_tools = rng.choice([2, 2, 3])
     picked: list[Tool] = []
-    for t in rng.sample(TOOLS, len(TOOLS)):
+    for t in rng.sample(tools, len(tools)):
         if all(t.group != p.group for p in picked):
             picked.append(t)
         if len(picked) == n_tools:
             break
     calls = [_draw_call(rng, t) for t in picked]
     n_offered = rng.randint(3, 5 if n_tools == 2 else 4)  # keeps the longest prompts under ~500 tokens
-    offered = picked + _distractors(rng, {t.group for t in picked}, n_offered - n_tools, picked[0].domain)
+    offered = picked + _distractors(rng, {t.group for t in picked}, n_offered - n_tools, picked[0].domain, tools)
     rng.shuffle(offered)
     return offered, calls, calls, _join(rng, [c.text for c in calls])
 
 
 def _generate(rng: random.Random, n: int, split: str, banned: set[tuple], seen: set[tuple],
-              mix: dict[str, float]) -> tuple[list[Sample], set]:
+              mix: dict[str, float], tools: list[Tool] = TOOLS) -> tuple[list[Sample], set]:
     categories = [c for c in mix if mix[c] > 0]
     weights = [mix[c] for c in categories]
     schemas = {t.name: t.schema() for t in TOOLS}
@@ -604,7 +605,7 @@ def _generate(rng: random.Random, n: int, split: str, banned: set[tuple], seen: 
         if attempts > 50 * n + 1000:
             raise RuntimeError(f"default pool: could not draw {n} distinct {split} samples")
         category = rng.choices(categories, weights)[0]
-        offered, calls, requested, text = _make(rng, category)
+        offered, calls, requested, text = _make(rng, category, tools)
         call_keys = {c.key() for c in requested}
         dedupe = (text, tuple(t.name for t in offered))
         if call_keys & banned or dedupe in seen:
@@ -622,8 +623,39 @@ def _generate(rng: random.Random, n: int, split: str, banned: set[tuple], seen: 
     return samples, keys
 
 
+DOMAINS = sorted({t.domain for t in TOOLS})
+
+
+def tools_of(domains: list[str] | None) -> list[Tool]:
+    """The catalogue's tools of `domains` (all of them for none/empty); an unknown domain is a ConfigError."""
+    if not domains:
+        return TOOLS
+    unknown = sorted(set(domains) - set(DOMAINS))
+    if unknown:
+        raise ConfigError(f"built-in pool: unknown domains {unknown}; the catalogue has {DOMAINS}")
+    return [t for t in TOOLS if t.domain in set(domains)]
+
+
+def natural_samples(seed: int, domains: list[str], mix: dict[str, float] | None = None) -> Iterator[Sample]:
+    """Endless samples of the catalogue's `domains` (the base model's share of natural requests), drawn afresh."""
+    tools = tools_of(domains)
+    mix = dict(CATEGORY_WEIGHTS if mix is None else mix)
+    rng = random.Random(f"natural-{seed}")
+    schemas = {t.name: t.schema() for t in tools}
+    categories, weights = list(mix), list(mix.values())
+    index = 0
+    while True:
+        category = rng.choices(categories, weights)[0]
+        offered, calls, _, text = _make(rng, category, tools)
+        yield Sample(id=f"natural-{index:07d}", tools=[schemas[t.name] for t in offered],
+                     messages=[{"role": "user", "content": text}], truth=[_truth_entry(c) for c in calls],
+                     category=category, source=f"natural/{category}")
+        index += 1
+
+
 def generate_pool(n_train: int, n_heldout: int, seed: int = 0,
-                  mix: dict[str, float] | None = None) -> tuple[list[Sample], list[Sample]]:
+                  mix: dict[str, float] | None = None,
+                  domains: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
     """(train, heldout): deterministic for a seed; heldout does not depend on n_train; no train call repeats a
     held-out (tool, template, arguments) combination and no request text is repeated with the same tools.
     `mix` weighs the categories (default CATEGORY_WEIGHTS)."""
@@ -633,6 +665,7 @@ def generate_pool(n_train: int, n_heldout: int, seed: int = 0,
         raise ConfigError(f"pool.builtin.mix = {mix}: expected non-negative weights, not all zero, for categories "
                           f"among {list(CATEGORY_WEIGHTS)}" + (f"; unknown {unknown}" if unknown else ""))
     seen: set[tuple] = set()
-    heldout, held_keys = _generate(random.Random(f"heldout-{seed}"), n_heldout, "heldout", set(), seen, mix)
-    train, _ = _generate(random.Random(f"train-{seed}"), n_train, "train", held_keys, seen, mix)
+    tools = tools_of(domains)
+    heldout, held_keys = _generate(random.Random(f"heldout-{seed}"), n_heldout, "heldout", set(), seen, mix, tools)
+    train, _ = _generate(random.Random(f"train-{seed}"), n_train, "train", held_keys, seen, mix, tools)
     return train, heldout

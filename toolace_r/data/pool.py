@@ -32,7 +32,7 @@ BFCL_CATEGORIES = CATEGORIES
 
 def load_builtin(cfg: BuiltinPoolConfig) -> tuple[list[Sample], list[Sample]]:
     """(train, heldout) of the generated default pool: cfg.n_train / cfg.n_heldout samples from cfg.seed."""
-    train, heldout = generate_pool(cfg.n_train, cfg.n_heldout, cfg.seed, dict(cfg.mix))
+    train, heldout = generate_pool(cfg.n_train, cfg.n_heldout, cfg.seed, dict(cfg.mix), list(cfg.domains))
     log.info("built-in pool: %d train, %d held-out samples (seed %d)", len(train), len(heldout), cfg.seed)
     return train, heldout
 
