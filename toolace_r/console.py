@@ -120,10 +120,18 @@ def log_to_dir(log_dir: str | Path) -> Path:
         ray_file = logging.FileHandler(log_dir / RAY_LOG, encoding="utf-8")
         ray_file.setFormatter(formatter)
         _state["file_handlers"] = [(root, driver)]
-        for name in RAY_LOGGERS:
+        # every Ray logger, sub-loggers included: Ray Data's import gives some of its own a console handler bound
+        # to the stderr of that moment (under pytest, a capture stream that is closed by the next test)
+        ray_names = set(RAY_LOGGERS) | {n for n in logging.root.manager.loggerDict if n.startswith("ray.")}
+        for name in sorted(ray_names):
             logger = logging.getLogger(name)
-            for handler in [h for h in logger.handlers if _is_console(h)]:
+            # any stream handler of Ray's is a console one: its PlainRayHandler keeps the stream of its creation
+            console_like = [h for h in logger.handlers
+                            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+            for handler in console_like:
                 logger.removeHandler(handler)
+            if name not in RAY_LOGGERS:
+                continue
             if name in ("ray", "ray.data"):  # the others propagate to "ray"
                 logger.addHandler(ray_file)
                 logger.propagate = False
