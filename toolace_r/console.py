@@ -93,12 +93,6 @@ class _ToFile(logging.Filter):
         return False
 
 
-def _is_console(handler: logging.Handler) -> bool:
-    stream = getattr(handler, "stream", None)
-    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-            and stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
-
-
 def log_to_dir(log_dir: str | Path) -> Path:
     """Send the driver's log records to `log_dir`: everything to driver.log, Ray's loggers to ray.log only, and
     take the console handlers of Ray, Ray Data, DeepSpeed, transformers... away (toolace_r keeps its console).
