@@ -234,9 +234,14 @@ def probe(
         ),
         batch_format="pyarrow",
         batch_size=batch_size,  # None: one fixed batch (= one block) per call
-        compute=ray.data.ActorPoolStrategy(size=pc.num_actors),
+        # one fixed batch in flight per actor: a batch is seconds to minutes of generation, and batches queued on the
+        # first actor to come up leave the others idle (on a small pool, with nothing to do at all)
+        compute=ray.data.ActorPoolStrategy(size=pc.num_actors, max_tasks_in_flight_per_actor=1),
         num_cpus=pc.cpus_per_actor,
         num_gpus=pc.gpus_per_actor,
+        # the model replicas spread over the nodes: Ray's default fills the driver's node first, so on a CPU cluster
+        # both actors could share one node's cores while another node idles
+        scheduling_strategy="SPREAD",
         # An actor whose process dies (node lost, OOM kill) is restarted and its in-flight batches are retried, so
         # every sample still gets exactly one row (tests/test_faults.py): Ray Data's defaults for actor pools
         # (max_restarts=-1, max_task_retries=-1), relied on rather than passed (passing them is deprecated).

@@ -81,15 +81,16 @@ class TwoNodeCluster:
 
 
 def tiny_two_node_overrides(tmp_path: Path) -> list[str]:
-    """The demo job, shrunk to minutes: tiny model and pool, one iteration that probes, trains and evaluates.
+    """The demo job, shrunk to minutes: a from-scratch tiny model (not the demo's pre-trained base) and a tiny pool
+    with a 10-sample dev split, one iteration that probes, trains and evaluates.
     Run dir and Ray Train storage given as file:// URIs (the form a cluster's shared storage takes)."""
     return [
         f"run.dir=file://{tmp_path}/run", f"train.storage_path=file://{tmp_path}/ray_train",
         "run.max_iterations=1", "run.probe_first_iteration=true", "run.stop_when_selection_stalls=false",
-        "model.prompt_style=compact", "model.tiny.vocab_size=512", "model.tiny.hidden_size=64",
+        "model.path=tiny", "model.prompt_style=compact", "model.tiny.vocab_size=512", "model.tiny.hidden_size=64",
         "model.tiny.num_layers=2", "model.tiny.intermediate_size=128",
-        "pool.builtin.n_train=80", "pool.builtin.n_heldout=10",
-        "probe.k=2", "probe.num_actors=2", "probe.cpus_per_actor=1", "probe.batch_size=16",
+        "pool.builtin.n_train=80", "pool.builtin.n_heldout=10", "pool.dev_size=10",
+        "probe.k=2", "probe.num_actors=2", "probe.cpus_per_actor=1", "probe.batch_size=4",
         "probe.generation.max_new_tokens=24", "eval.generation.max_new_tokens=24", "eval.max_rounds=1",
         "eval.limit=10", "eval.num_actors=1",
         "train.num_workers=2", "train.cpus_per_worker=1", "train.placement_strategy=SPREAD",
