@@ -121,11 +121,13 @@ def _batches(rows: Iterator[dict], tokenizer: Any, tokens_per_step: int, max_len
     rng = random.Random(seed)
     while True:
         pool: list[dict] = []
-        while sum(len(e["input_ids"]) for e in pool) < 64 * tokens_per_step:
+        pooled_tokens = 0
+        while pooled_tokens < 64 * tokens_per_step:
             row = next(rows)
             encoded = encode_row(tokenizer, row["chat"], row["completion"], max_length)
             if encoded is not None:
                 pool.append(encoded)
+                pooled_tokens += len(encoded["input_ids"])
         pool.sort(key=lambda e: len(e["input_ids"]))
         batches, current = [], []
         for e in pool:
@@ -145,14 +147,11 @@ def pretrain(model: Any, tokenizer: Any, cfg: Config, on_eval: Callable[[int, in
     import torch
     from tqdm import tqdm
 
-    from toolace_r.train import collate
+    from toolace_r.train import _param_groups, collate
 
     b = cfg.model.base
     torch.manual_seed(b.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": b.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=b.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(_param_groups(model, b.weight_decay), lr=b.lr, betas=(0.9, 0.95))
     total_steps = max(1, b.train_tokens // b.tokens_per_step)
 
     def lr_at(step: int) -> float:
@@ -179,7 +178,7 @@ def pretrain(model: Any, tokenizer: Any, cfg: Config, on_eval: Callable[[int, in
         n = int(batch["attention_mask"].sum())
         tokens += n
         step += 1
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
         bar.update(n)
         if step % 50 == 0:
             history.append({"step": step, "tokens": tokens, "loss": sum(losses) / len(losses),
