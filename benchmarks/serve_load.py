@@ -141,7 +141,7 @@ def engine_speedup(model_dir: str, max_rounds: int, repeats: int = 2) -> dict:
     import torch
 
     from serve_model import _project_tools
-    from toolace_r.serve import Engine, Job
+    from toolace_r.serve.engine import Engine, Job
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -183,7 +183,7 @@ def main() -> None:
     from ray import serve
 
     from toolace_r.config import load_config
-    from toolace_r.serve import build_application
+    from toolace_r.serve.app import build_application
 
     model_dir = args.model or str(calling_model(size=args.model_size))
     engine = engine_speedup(model_dir, args.max_rounds)

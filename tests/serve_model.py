@@ -46,7 +46,7 @@ OPENAI_TOOLS = [WEATHER_TOOL, TIME_TOOL]
 
 
 def _project_tools(openai_tools: list[dict]) -> list[dict]:
-    # Must equal toolace_r.serve.convert_tools' output key for key (the prompt lists tools as JSON).
+    # Must equal toolace_r.serve.convert.convert_tools' output key for key (the prompt lists tools as JSON).
     return [{"name": t["function"]["name"], "description": t["function"].get("description") or "",
              "parameters": t["function"]["parameters"]} for t in openai_tools]
 

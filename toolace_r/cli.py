@@ -19,7 +19,7 @@ COMMANDS = {
     "select": ("toolace_r.select", "select_command", "model-aware selection from probe results"),
     "train": ("toolace_r.train", "train_command", "fine-tune on samples with Ray Train + DeepSpeed ZeRO"),
     "eval": ("toolace_r.evaluate", "eval_command", "evaluate single-pass and adaptive refinement accuracy per category"),
-    "serve": ("toolace_r.serve", "serve_command", "serve a model behind an OpenAI-compatible /v1/chat/completions"),
+    "serve": ("toolace_r.serve.cli", "serve_command", "serve a model behind an OpenAI-compatible /v1/chat/completions"),
     "check": ("toolace_r.calls.cli", "check_command", "judge raw model outputs against BFCL ground truth (AST checker)"),
     "tiny-model": ("toolace_r.models", "tiny_model_command", "build a tiny local Llama model + tokenizer from pool text"),
     "base-model": ("toolace_r.base_model", "base_model_command",

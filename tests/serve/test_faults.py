@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from processes import free_port
 from serve_model import OPENAI_TOOLS, calling_model
-from test_serve import PARIS, app_for, free_port, running_replicas
+
+from .common import PARIS, app_for, running_replicas
 
 APP = "faults"
 REPLICAS = 2

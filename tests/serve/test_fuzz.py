@@ -18,8 +18,10 @@ import time
 import pytest
 import requests
 
+from processes import free_port
 from serve_model import calling_model
-from test_serve import app_for, free_port
+
+from .common import app_for
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
