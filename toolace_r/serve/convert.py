@@ -5,12 +5,12 @@ Pure functions, unit-tested without Ray; each failure is an ApiError (4xx) namin
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
 
 from toolace_r.config import ServeConfig
+from toolace_r.serve.body import parse_json
 from toolace_r.serve.engine import Engine, Job, Outcome
 from toolace_r.serve.schema import (
     AssistantMessage,
@@ -52,7 +52,8 @@ def convert_tools(tools: list[ToolDef] | None) -> list[dict[str, Any]]:
 
 def convert_messages(messages: list[Any]) -> list[dict[str, Any]]:
     """OpenAI messages → Sample-style messages: text content, assistant `tool_calls` as `[{name, arguments: dict}]`
-    (the JSON argument strings are decoded here, so a broken one is the client's 400, not a model error)."""
+    (the JSON argument strings are decoded here, with the body's limits, so a broken one is the client's 400, not a
+    model error)."""
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
         role = "system" if msg.role == "developer" else msg.role
@@ -61,10 +62,8 @@ def convert_messages(messages: list[Any]) -> list[dict[str, Any]]:
             calls = []
             for j, call in enumerate(msg.tool_calls):
                 param = f"messages[{i}].tool_calls[{j}].function.arguments"
-                try:
-                    arguments = json.loads(call.function.arguments) if call.function.arguments.strip() else {}
-                except json.JSONDecodeError as err:
-                    raise ApiError(400, f"{param} is not valid JSON: {err}", param=param) from None
+                text = call.function.arguments
+                arguments = parse_json(text, where=param, param=param) if text.strip() else {}
                 if not isinstance(arguments, dict):
                     raise ApiError(400, f"{param} must be a JSON object, got {type(arguments).__name__}", param=param)
                 calls.append({"name": call.function.name, "arguments": arguments})
