@@ -49,6 +49,9 @@ def test_budget_and_arm_list_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="add 'full'"):
         check_arms(["random_select", "plain_sft"])
     assert check_arms(["plain_sft", "full"]) == ["full", "plain_sft"]  # full always runs first
+    with pytest.raises(ConfigError, match="test_every_iteration"):  # tokens_to_match needs the test curve
+        run_ablation(load_config(None, [f"run.dir={tmp_path}", "train.max_tokens=100",
+                                        "run.test_every_iteration=false"]))
 
 
 def test_selection_sizes_read_from_the_full_arm(tmp_path):

@@ -502,6 +502,18 @@ def test_dev_decides_and_test_sets_are_read_only_after_the_loop_stopped(tmp_path
     assert again["final_model"]["iteration"] == 1 and again["final_model"]["reason"] == final["reason"]
 
 
+def test_test_sets_only_for_the_final_model_when_asked(tmp_path, fake_stages):
+    from toolace_r.driver import run
+
+    report = run(_fast_cfg(tmp_path / "run", "run.test_every_iteration=false"))
+    events = fake_stages["events"]
+    # dev: base and every iteration; test: the untrained model and the final one (iteration 1) only
+    assert [e[2] for e in events if e[0] == "evaluate"] == ["base", 0, 1, 2, "base", 1]
+    assert [e["eval"] is not None for e in report["iterations"]] == [False, True, False]
+    assert report["final_model"]["test"]["accuracy"] == report["iterations"][1]["eval"]["accuracy"]
+    assert report["final_model"]["test_vs_baseline"]["accuracy"]["n"] == report["baseline"]["n"]
+
+
 def test_without_a_dev_split_the_last_model_is_final_and_no_accuracy_decides(tmp_path, fake_stages):
     from toolace_r.driver import run
 

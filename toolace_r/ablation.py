@@ -254,6 +254,9 @@ def run_ablation(cfg: Config) -> dict:
     arms = check_arms(list(cfg.ablation.arms))
     seeds = check_seeds(list(cfg.ablation.seeds))
     budget = token_budget(cfg)
+    if not cfg.run.test_every_iteration:
+        raise ConfigError("the ablation needs run.test_every_iteration=true: tokens_to_match reads the full arm's "
+                          "test accuracy after every iteration")
     root = Path(cfg.run.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     rio.write_text(root / "config.yaml", to_yaml(cfg))

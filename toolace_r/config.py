@@ -253,6 +253,10 @@ class RunConfig:
     # stop_when_accuracy_stalls watches: refined_accuracy (what the server answers with) | accuracy (single pass).
     final_model_metric: str = "refined_accuracy"
     probe_first_iteration: bool = False  # probe the untrained model too (iteration 0 trains on the seed subset anyway)
+    # Evaluate the test sets (eval.data) for every trained iteration — the per-iteration test curve in the report —
+    # or only for the final model (and the untrained one). Test evaluations are reporting, never a decision; the dev
+    # curve is there either way. The ablation's tokens-to-match figure needs the whole curve.
+    test_every_iteration: bool = True
     patience: int = 1
     ray_address: str = ""  # "" = ray.init() default (local, or the cluster of a `ray job submit`)
     num_cpus: int = 0  # local Ray only; 0 = all

@@ -544,7 +544,8 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
         # The test sets (eval.data), only now: the untrained model and every trained iteration, for the report.
         stage("baseline/eval", lambda: eval_stage(cfg, base_model, run_dir / "baseline"))
         for it, model_dir in sorted(models.items()):
-            stage(iter_key(it, "eval"), lambda: eval_stage(cfg, model_dir, run_dir / f"iter_{it:03d}"))
+            if cfg.run.test_every_iteration or (final and it == final["iteration"]):
+                stage(iter_key(it, "eval"), lambda: eval_stage(cfg, model_dir, run_dir / f"iter_{it:03d}"))
         state.data["final_vs_baseline"] = final and final_vs_baseline(
             run_dir / "baseline" / "eval" / "outputs.jsonl",
             run_dir / f"iter_{final['iteration']:03d}" / "eval" / "outputs.jsonl")
