@@ -65,7 +65,8 @@ class EvalActor:
         if self.model is None:
             from toolace_r.data.prompts import render_answer
 
-            gold = [render_answer(s.gold_calls()) for s in samples]
+            # a benchmark's own reference text where its judge reads text (ACEBench), else the rendered gold calls
+            gold = [s.gold_answer() if s.scoring else render_answer(s.gold_calls()) for s in samples]
             return [{"first_answer": g, "answer": g, "answers": [g], "rounds": 1, "tokens": 0, "forward_passes": 0}
                     for g in gold]
         from toolace_r.refine import RefineItem, adaptive_refine
@@ -100,8 +101,8 @@ class EvalActor:
         out: dict[str, list] = {c: [] for c in OUTPUT_COLUMNS}
         decoder = self.settings["decoder"]
         for row, sample, ans in zip(rows, samples, answers):
-            first = self.check(ans["first_answer"], sample.tools, sample.truth, sample.category, decoder)
-            final = self.check(ans["answer"], sample.tools, sample.truth, sample.category, decoder)
+            # Sample.verdict: the AST checker on the truth, or the item's benchmark rule (ACEBench scores by its own)
+            first, final = sample.verdict(ans["first_answer"], decoder), sample.verdict(ans["answer"], decoder)
             # valid_by_round[r-1]: correct had refinement been capped at r rounds (greedy refinement up to r is the
             # same computation; an item that stopped earlier keeps its last answer).
             verdicts = {ans["first_answer"]: first.valid, ans["answer"]: final.valid}
@@ -110,7 +111,7 @@ class EvalActor:
             for r in range(1, int(self.settings["max_rounds"]) + 1):
                 text = chain[min(r, len(chain)) - 1]
                 if text not in verdicts:
-                    verdicts[text] = self.check(text, sample.tools, sample.truth, sample.category, decoder).valid
+                    verdicts[text] = sample.verdict(text, decoder).valid
                 by_round.append(bool(verdicts[text]))
             values = dict(ans, id=sample.id, group=row["group"], category=sample.category, valid=bool(first.valid),
                           refined_valid=bool(final.valid), error_type=first.error_type,
@@ -156,6 +157,8 @@ def load_groups(cfg: Config, specs: list[str]) -> dict[str, list[Sample]]:
 
 def summarize(outputs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Output rows → {group: metrics, ..., "overall": metrics}."""
+    from toolace_r.data.acebench import conversation_metrics
+
     by_group: dict[str, list[dict]] = defaultdict(list)
     for row in outputs:
         by_group[row["group"]].append(row)
@@ -176,6 +179,7 @@ def summarize(outputs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "accuracy_by_rounds": [sum(r["valid_by_round"][j] for r in rows) / n
                                    for j in range(min(len(r.get("valid_by_round") or ()) for r in rows))],
             "errors": dict(errors.most_common(5)),
+            **conversation_metrics(rows),  # ACEBench's multi-turn groups: end-to-end counts per conversation
         }
 
     result = {group: metrics(rows) for group, rows in sorted(by_group.items())}

@@ -104,7 +104,9 @@ def load_eval_spec(spec: str, limit: int = 0, builtin: BuiltinPoolConfig | None 
 
     - `builtin`: the held-out split of the built-in pool (same seed as training, so no leaks), by category;
     - `bfcl:DIR[:cat1,cat2]`: BFCL v3 question files (+ possible_answer/) in DIR, by BFCL category;
-    - `apibank:FILE_OR_DIR`: API-Bank in Hammer's structure; the key is the file stem (apibank_l1, apibank_l2);
+    - `apibank:FILE_OR_DIR`: API-Bank as published (level-1/2-api.json → apibank_l1/apibank_l2) or in Hammer's
+      structure (key = file stem);
+    - `acebench:DIR[:cats]`: ACEBench's normal and special categories of a data_en dir, by ACEBench category;
     - anything else: a file or HF datasets dir any reader understands, grouped by sample category.
     """
     kind, _, rest = spec.partition(":")
@@ -129,12 +131,14 @@ def load_eval_spec(spec: str, limit: int = 0, builtin: BuiltinPoolConfig | None 
                 raise DataError(f"no BFCL question file for category {cat!r} in {root} (spec {spec!r})")
             out[cat] = read_bfcl(files[-1], on_error=on_error, limit=limit).samples
         return out
-    if kind == "apibank" and rest:
-        target = Path(rest)
-        files = sorted(target.glob("*.json")) if target.is_dir() else [target]
-        if not files:
-            raise DataError(f"no API-Bank JSON files in {target} (spec {spec!r})")
-        return {f.stem: read_samples_file(f, "apibank", on_error, limit=limit).samples for f in files}
+    if kind == "apibank" and rest:  # published level-N-api.json or Hammer's copy (toolace_r.data.apibank)
+        from toolace_r.data.apibank import load_apibank
+
+        return load_apibank(rest, limit=limit, on_error=on_error)
+    if kind == "acebench" and rest:  # a data_en dir (toolace_r.data.acebench)
+        from toolace_r.data.acebench import load_acebench
+
+        return load_acebench(rest, limit=limit, on_error=on_error)
     return _limit(_group(read_samples_file(spec, "auto", on_error).samples), limit)
 
 

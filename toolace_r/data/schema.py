@@ -24,6 +24,9 @@ class Sample:
     truth: list[dict[str, dict[str, list[Any]]]] = field(default_factory=list)
     category: str = ""  # one of CATEGORIES; inferred from tools and truth when empty
     source: str = ""  # where it came from, e.g. "bfcl_v3/simple" or the file name
+    # A benchmark's own scoring rule, for items whose benchmark judges differently from the AST checker on `truth`
+    # (ACEBench: {"kind": "acebench", "category", "answer", "functions", "gold"}); {} = the AST checker.
+    scoring: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.category:
@@ -38,6 +41,7 @@ class Sample:
             "truth": json.dumps(self.truth, ensure_ascii=False),
             "category": self.category,
             "source": self.source,
+            "scoring": json.dumps(self.scoring, ensure_ascii=False),
         }
 
     @classmethod
@@ -52,6 +56,7 @@ class Sample:
             truth=load(row["truth"]),
             category=str(row.get("category") or ""),
             source=str(row.get("source") or ""),
+            scoring=load(row.get("scoring") or "{}"),
         )
 
     @property
@@ -65,6 +70,26 @@ class Sample:
         from toolace_r.calls.checker import gold_calls  # lazy: calls does not import data, keep it that way
 
         return gold_calls(self.truth, self.tools)
+
+    def gold_answer(self) -> str:
+        """The answer text the item's own judge accepts (what `--model oracle:gold` answers): the benchmark's
+        reference text where a scoring rule gives one (ACEBench's special items are judged on what the answer
+        says), else the rendered gold calls."""
+        if self.scoring.get("gold") is not None:
+            return str(self.scoring["gold"])
+        from toolace_r.data.prompts import render_answer  # lazy, like gold_calls
+
+        return render_answer(self.gold_calls())
+
+    def verdict(self, output: Any, decoder: str = "lenient") -> Any:
+        """Judge one answer: by the item's benchmark rule where it has one (ACEBench: its own decoder and checker,
+        whatever `decoder` says), else by the AST checker on `truth` with `decoder`. Returns a calls.Verdict."""
+        from toolace_r.calls import check
+        from toolace_r.calls.acebench import check_acebench
+
+        if self.scoring.get("kind") == "acebench":
+            return check_acebench(output, self.scoring)
+        return check(output, self.tools, self.truth, self.category, decoder)
 
 
 def infer_category(tools: list[dict[str, Any]], truth: list[dict[str, Any]]) -> str:
