@@ -40,12 +40,13 @@ def test_ground_truth_scores_100_percent_on_builtin_in_process(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("decoder", ["lenient", "bfcl"])
 def test_ground_truth_scores_100_percent_on_bfcl_through_ray(shared_data, ray_local, tmp_path, decoder):
-    """All five BFCL v3 categories through Ray Data actors, both decoders. Every record whose truth matches its own
-    schema must pass; the rest are BFCL's known data quirks (e.g. simple_363 names `find_closest` while the tool is
-    `restaurant_search.find_closest`), which the official checker rejects too."""
+    """The five python BFCL v3 categories through Ray Data actors, both decoders. Every record whose truth matches
+    its own schema must pass; the rest are BFCL's known data quirks (e.g. simple_363 names `find_closest` while the
+    tool is `restaurant_search.find_closest`), which the official checker rejects too. (java / javascript:
+    tests/data/test_bfcl_dir.py.)"""
     from toolace_r.data.pool import load_eval_spec
 
-    spec = f"bfcl:{shared_data / 'bfcl_v3'}"
+    spec = f"bfcl:{shared_data / 'bfcl_v3'}:simple,multiple,parallel,parallel_multiple,irrelevance"
     cfg = _cfg("eval.num_actors=2", "eval.cpus_per_actor=0.5", "eval.batch_size=128", f"eval.decoder={decoder}")
     result = evaluate(cfg, ORACLE, [spec], str(tmp_path))
     assert set(result) == {"simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "overall"}

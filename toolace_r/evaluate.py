@@ -1,16 +1,18 @@
 """Evaluation harness: single-pass and adaptive-refinement accuracy per category (PAPER.md §4).
 
 `evaluate(cfg, model_path, specs, out_dir)` loads each eval spec (`builtin` = the held-out split of the built-in pool,
-`bfcl:DIR[:cats]`, `apibank:FILE_OR_DIR`, or any sample file; toolace_r.data.pool.load_eval_spec), runs every sample
-through adaptive self-refinement (toolace_r.refine) and judges the first answer (= the single-pass answer) and the
-final answer with the AST checker (toolace_r.calls.check, `eval.decoder` lenient | bfcl).
+`bfcl:DIR[:cats]` / `bfcl:pkg`, `apibank:FILE_OR_DIR`, or any sample file; toolace_r.data.pool.load_eval_spec),
+runs every sample through adaptive self-refinement (toolace_r.refine) and judges the first answer (= the single-pass
+answer) and the final answer with the AST checker (toolace_r.calls.check, `eval.decoder` lenient | bfcl).
 
 The samples flow through Ray Data: fixed batches of `eval.batch_size` items (toolace_r.raydata; greedy answers
 depend on a batch's padding, so the batches must not depend on the cluster or its load) → `map_batches(EvalActor)`
 on `ActorPoolStrategy(size=eval.num_actors)`, each actor holding the model once, so a large set uses the whole
 cluster. Per category it reports n, accuracy
 (single pass), refined_accuracy, mean_rounds, tokens generated, forward passes and time (actor seconds spent on that
-category's batches); "overall" pools every sample. Output: a table on stdout (eval_command), `metrics.json` and
+category's batches); "overall" pools every sample (not any benchmark's own overall: for a `bfcl:` spec the
+leaderboard's aggregation is computed apart, toolace_r.bfcl_summary, printed after the table and written under
+`summaries` in metrics.json). Output: a table on stdout (eval_command), `metrics.json` and
 `outputs.jsonl` (every answer and verdict) in out_dir, each written atomically.
 
 `--model oracle:gold` scores the ground truths themselves as outputs through the same pipeline: a harness check that
@@ -66,7 +68,7 @@ class EvalActor:
             from toolace_r.data.prompts import render_answer
 
             # a benchmark's own reference text where its judge reads text (ACEBench), else the rendered gold calls
-            gold = [s.gold_answer() if s.scoring else render_answer(s.gold_calls()) for s in samples]
+            gold = [s.gold_answer() if s.scoring else render_answer(_oracle_calls(s)) for s in samples]
             return [{"first_answer": g, "answer": g, "answers": [g], "rounds": 1, "tokens": 0, "forward_passes": 0}
                     for g in gold]
         from toolace_r.refine import RefineItem, adaptive_refine
@@ -120,6 +122,14 @@ class EvalActor:
             for c in OUTPUT_COLUMNS:
                 out[c].append(values[c])
         return out
+
+
+def _oracle_calls(sample: Sample) -> list[dict[str, Any]]:
+    """The oracle's answer: the gold calls; for BFCL's live_relevance, which has no ground truth and counts any
+    call as right, a call to the first tool (so the self-check exercises the relevance rule, not a missing answer)."""
+    if not sample.truth and "relevance" in sample.category and "irrelevance" not in sample.category and sample.tools:
+        return [{"name": sample.tools[0]["name"], "arguments": {}}]
+    return sample.gold_calls()
 
 
 def _rows_of(batch: Any) -> list[dict[str, Any]]:
@@ -188,13 +198,43 @@ def summarize(outputs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return result
 
 
+def benchmark_summaries(specs: list[str], result: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each benchmark's own summary beside the per-category figures, keyed by spec label: for `bfcl:` the
+    leaderboard's aggregation of the categories that spec produced (toolace_r.bfcl_summary)."""
+    from toolace_r.bfcl_summary import bfcl_summary, guess_version, scores_from_result
+    from toolace_r.data.acebench import acebench_summary
+    from toolace_r.data.bfcl_dir import spec_version
+
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        if spec.split(":", 1)[0] == "acebench":  # ACEBench's normal / special averages (toolace_r.data.acebench)
+            ace = acebench_summary(result, "" if len(specs) == 1 else "acebench/")
+            if ace:
+                out["acebench"] = ace
+        if spec.split(":", 1)[0] != "bfcl":
+            continue
+        single, refined = scores_from_result(result, "" if len(specs) == 1 else "bfcl/")
+        if single:
+            out["bfcl"] = bfcl_summary(single, refined, spec_version(spec) or guess_version(single))
+    return out
+
+
+def format_summaries(summaries: dict[str, dict[str, Any]]) -> str:
+    from toolace_r.bfcl_summary import format_summary
+    from toolace_r.data.acebench import format_acebench
+
+    formats = {"bfcl": format_summary, "acebench": format_acebench}
+    return "\n\n".join(formats[s["benchmark"]](s) for s in summaries.values() if s.get("benchmark") in formats)
+
+
 def format_table(result: dict[str, dict[str, Any]]) -> str:
     head = f"{'category':<28} {'n':>5} {'single':>7} {'refined':>8} {'rounds':>7} {'tokens':>8} {'time s':>8}"
     lines = [head, "-" * len(head)]
     for group, m in result.items():
         if group == "overall":
             lines.append("-" * len(head))
-        lines.append(f"{group:<28} {m['n']:>5} {m['accuracy']:>7.1%} {m['refined_accuracy']:>8.1%} "
+        label = "overall (pooled samples)" if group == "overall" else group  # not a benchmark's own overall
+        lines.append(f"{label:<28} {m['n']:>5} {m['accuracy']:>7.1%} {m['refined_accuracy']:>8.1%} "
                      f"{m['mean_rounds']:>7.2f} {m['tokens']:>8} {m['time_s']:>8.1f}")
     return "\n".join(lines)
 
@@ -262,7 +302,7 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str) -> di
     rio.write_json(out / "metrics.json", {
         "model": model_path, "specs": list(specs), "decoder": ec.decoder, "max_rounds": ec.max_rounds,
         "prompt_style": style, "draft_verify": cfg.refine.draft_verify, "reuse_prefix": cfg.refine.reuse_prefix,
-        "results": result,
+        "results": result, "summaries": benchmark_summaries(list(specs), result),
     })
     log.info("eval: %d samples in %.1f s → %s", len(outputs), wall, out)
     return result
@@ -288,6 +328,9 @@ def eval_command(args: Any, cfg: Config) -> int:
     out = getattr(args, "out", None) or str(Path(cfg.run.dir) / "eval")
     result = evaluate(cfg, model, specs, out)
     print(format_table(result))
+    summaries = format_summaries(benchmark_summaries(specs, result))
+    if summaries:
+        print("\n" + summaries)
     print(f"\nsingle = one pass; refined = adaptive self-refinement (≤ {cfg.eval.max_rounds} rounds); "
           f"decoder {cfg.eval.decoder}; details in {out}/metrics.json and {out}/outputs.jsonl")
     return 0

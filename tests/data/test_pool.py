@@ -56,7 +56,8 @@ def test_eval_spec_builtin_groups_heldout_by_category():
 
 def test_eval_spec_bfcl(shared_data):
     groups = load_eval_spec(f"bfcl:{shared_data / 'bfcl_v3'}", limit=5)
-    assert list(groups) == ["simple", "multiple", "parallel", "parallel_multiple", "irrelevance"]
+    assert list(groups) == ["simple", "java", "javascript", "multiple", "parallel", "parallel_multiple",
+                            "irrelevance"]  # every AST category present (toolace_r.data.bfcl_dir)
     assert all(len(v) == 5 for v in groups.values())
     for category, samples in groups.items():  # each key read its own file ("multiple" ≠ "parallel_multiple")
         assert all(s.id.startswith(category + "_") and s.category == category for s in samples), category

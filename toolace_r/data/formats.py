@@ -5,7 +5,8 @@ Formats (detected from the records' content, or named with `format=`):
             calls written `[Func Name(arg="v")]` (parsed by toolace_r.calls.parse_calls).
   sharegpt  LLaMA-Factory ShareGPT: `conversations` from human/gpt/function_call/observation, `tools` JSON string.
   openai    OpenAI / TRL: `messages` with `tool_calls`, `tools` as `{"type": "function", "function": {...}}`.
-  bfcl      BFCL v3 question file; the truth comes from possible_answer/<same name> (irrelevance has none).
+  bfcl      BFCL v3/v4 question file; the truth comes from possible_answer/<same name> (irrelevance and
+            relevance have none).
   apibank   API-Bank in the Hammer structure: `query`, `tools`, `answers`.
   toolrl    ToolRL: `instruction`/`input`/`output` with `<tool_call>` blocks, or rlla_4k's `prompt`/`reward_model`.
   samples   our own Sample rows (io.write_samples, parquet written by the driver).
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from toolace_r.bfcl_summary import ALL_NAMES as BFCL_NAMES
 from toolace_r.data.schema import CATEGORIES, Sample, calls_to_truth
 from toolace_r.errors import CallParseError, DataError
 
@@ -440,7 +442,9 @@ def read_bfcl_record(record: dict, ctx: _Ctx) -> list[Sample]:
             raise ctx.error("ground_truth must be a list of {function: {param: [values]}}", "ground_truth")
         _check_truth(truth, tools, "ground_truth", ctx)
         _check_declared([next(iter(t)) for t in truth], tools, "ground_truth", ctx)
-    category = ctx.category if ctx.category in CATEGORIES else ""
+    # BFCL's own category names stay: the checker dispatches on them by substring as BFCL does (live_relevance
+    # = any call, live_parallel = order-free, simple_java = simple); anything else is inferred from the truth
+    category = ctx.category if ctx.category in CATEGORIES or ctx.category in BFCL_NAMES else ""
     return [Sample(id=rid, tools=tools, messages=messages, truth=truth, category=category,
                    source=f"bfcl/{ctx.category or ctx.stem}")]
 
@@ -715,15 +719,15 @@ def _where_array_breaks(text: str) -> str:
 
 
 def _bfcl_context(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """(id → ground truth from possible_answer/<name>, category from the file name). Irrelevance files have no
-    answers: their truth is "no call"."""
+    """(id → ground truth from possible_answer/<name>, category from the file name). Irrelevance and relevance
+    files have no answers: their truth is empty and the category tells the checker what is right."""
     m = re.match(r"BFCL_v\d+_(.+)\.jsonl?$", path.name)
     category = m.group(1) if m else path.stem
     answer_file = path.parent / "possible_answer" / path.name
-    if "irrelevance" in category:
+    if "relevance" in category:  # irrelevance: no call is right; live_relevance: any call is (BFCL reads no answer)
         return None, category
     if not answer_file.is_file():
-        raise DataError(f"BFCL answer file {answer_file} not found (only irrelevance files may lack one)",
+        raise DataError(f"BFCL answer file {answer_file} not found (only irrelevance and relevance files lack one)",
                         path=str(path))
     answers = {}
     for i, rec in enumerate(_load_records(answer_file)):

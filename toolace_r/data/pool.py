@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from toolace_r.bfcl_summary import AST_CATEGORIES
 from toolace_r.config import BuiltinPoolConfig, PoolConfig
+from toolace_r.data.bfcl_dir import load_bfcl_spec
 from toolace_r.data.default_pool import generate_pool
-from toolace_r.data.formats import ReadResult, read_bfcl, read_samples_file
+from toolace_r.data.formats import ReadResult, read_samples_file
 from toolace_r.data.prompts import NO_CALL_ANSWER, REFINE_INSTRUCTION, chat_messages, render_answer
 from toolace_r.data.schema import CATEGORIES, Sample
 from toolace_r.errors import DataError
@@ -25,9 +26,8 @@ __all__ = ["ReadResult", "read_samples_file", "load_pool", "load_pool_result", "
 
 log = logging.getLogger(__name__)
 
-# BFCL v3 single-turn python categories evaluated by default for `bfcl:DIR` (java/javascript need their own type
-# rules; ask for them explicitly with `bfcl:DIR:java,javascript`).
-BFCL_CATEGORIES = CATEGORIES
+# BFCL's single-turn AST categories (v4 names), all evaluated by default for `bfcl:DIR` (toolace_r.data.bfcl_dir)
+BFCL_CATEGORIES = AST_CATEGORIES
 
 
 def load_builtin(cfg: BuiltinPoolConfig) -> tuple[list[Sample], list[Sample]]:
@@ -103,7 +103,8 @@ def load_eval_spec(spec: str, limit: int = 0, builtin: BuiltinPoolConfig | None 
     """Eval spec → {category: samples}, at most `limit` per category (0 = all).
 
     - `builtin`: the held-out split of the built-in pool (same seed as training, so no leaks), by category;
-    - `bfcl:DIR[:cat1,cat2]`: BFCL v3 question files (+ possible_answer/) in DIR, by BFCL category;
+    - `bfcl:DIR[:cat1,cat2]`: BFCL v3 or v4 question files (+ possible_answer/) in DIR, by BFCL category, every
+      single-turn AST category present by default; `bfcl:pkg` = the data of the installed bfcl-eval package;
     - `apibank:FILE_OR_DIR`: API-Bank as published (level-1/2-api.json → apibank_l1/apibank_l2) or in Hammer's
       structure (key = file stem);
     - `acebench:DIR[:cats]`: ACEBench's normal and special categories of a data_en dir, by ACEBench category;
@@ -114,23 +115,7 @@ def load_eval_spec(spec: str, limit: int = 0, builtin: BuiltinPoolConfig | None 
         _, heldout = load_builtin(builtin or BuiltinPoolConfig())
         return _limit(_group(heldout), limit)
     if kind == "bfcl" and rest:
-        root, _, cats = rest.partition(":")
-        # a trailing ":cats" only when what follows looks like a category list, not a Windows drive or URL part
-        if cats and not re.fullmatch(r"[\w,]+", cats):
-            root, cats = rest, ""
-        wanted = [c for c in cats.split(",") if c] if cats else list(BFCL_CATEGORIES)
-        root_path = Path(root)
-        if not root_path.is_dir():
-            raise DataError(f"BFCL data directory {root} does not exist (spec {spec!r})")
-        out: dict[str, list[Sample]] = {}
-        for cat in wanted:
-            # fullmatch: the glob alone lets "multiple" also match BFCL_v3_parallel_multiple.json
-            files = sorted(f for f in root_path.glob(f"BFCL_v*_{cat}.json")
-                           if re.fullmatch(rf"BFCL_v[\d.]+_{re.escape(cat)}\.json", f.name))
-            if not files:
-                raise DataError(f"no BFCL question file for category {cat!r} in {root} (spec {spec!r})")
-            out[cat] = read_bfcl(files[-1], on_error=on_error, limit=limit).samples
-        return out
+        return load_bfcl_spec(rest, spec, limit=limit, on_error=on_error)
     if kind == "apibank" and rest:  # published level-N-api.json or Hammer's copy (toolace_r.data.apibank)
         from toolace_r.data.apibank import load_apibank
 
