@@ -346,5 +346,6 @@ def format_acebench(summary: dict[str, Any]) -> str:
                 unit = f"   (end-to-end, {d['n']} conversations)" if d.get("unit") == "conversation" else ""
                 lines.append(f"  {c:<42} {pct(d):>7} {pct(refined.get('categories', {}).get(c)):>8}{unit}")
     lines.append(f"no ACEBench Summary: it also needs {summary['overall_needs']}")
-    lines.append("special items were prompted with ACEBench's reply formats and scored on what the answer says")
+    lines.append("special items were prompted with ACEBench's reply formats and scored on what the answer says; every "
+                 "ACEBench item is decoded by ACEBench's own rules, whatever eval.decoder says")
     return "\n".join(lines)
