@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["train"].add_argument("--data", help="training samples (a pool file / dir, or a corpus written by the driver)")
     parsers["train"].add_argument("--out", help="output directory for the trained model and metrics")
     parsers["eval"].add_argument("--model", help="model dir (overrides model.path)")
-    parsers["eval"].add_argument("--data", nargs="+", help="eval specs: builtin | bfcl:DIR | apibank:FILE | FILE")
+    parsers["eval"].add_argument("--data", nargs="+", help="eval specs: builtin | bfcl:DIR | bfcl:pkg | "
+                                 "apibank:FILE_OR_DIR | acebench:DIR | FILE")
     parsers["eval"].add_argument("--out", help="output directory (default: run.dir/eval)")
     parsers["eval"].add_argument("--decoder", choices=["lenient", "bfcl"], help="decoder for model output")
     parsers["serve"].add_argument("--model", help="model dir (overrides serve.model)")

@@ -1,9 +1,11 @@
 """Evaluation harness: single-pass and adaptive-refinement accuracy per category (PAPER.md §4).
 
 `evaluate(cfg, model_path, specs, out_dir)` loads each eval spec (`builtin` = the held-out split of the built-in pool,
-`bfcl:DIR[:cats]` / `bfcl:pkg`, `apibank:FILE_OR_DIR`, or any sample file; toolace_r.data.pool.load_eval_spec),
-runs every sample through adaptive self-refinement (toolace_r.refine) and judges the first answer (= the single-pass
-answer) and the final answer with the AST checker (toolace_r.calls.check, `eval.decoder` lenient | bfcl).
+`bfcl:DIR[:cats]` / `bfcl:pkg`, `apibank:FILE_OR_DIR`, `acebench:DIR[:cats]`, or any sample file;
+toolace_r.data.pool.load_eval_spec), runs every sample through adaptive self-refinement (toolace_r.refine) and judges
+the first answer (= the single-pass answer) and the final answer with the AST checker (toolace_r.calls.check,
+`eval.decoder` lenient | bfcl) — or, for an item that carries its benchmark's own rule (ACEBench), by that rule
+(`Sample.verdict`).
 
 The samples flow through Ray Data: fixed batches of `eval.batch_size` items (toolace_r.raydata; greedy answers
 depend on a batch's padding, so the batches must not depend on the cluster or its load) → `map_batches(EvalActor)`

@@ -146,3 +146,19 @@ def test_shared_acebench_gold_passes_all_but_acebench_own_rejections(shared_data
     assert set(groups) == {p.stem[len("data_"):] for p in root.glob("data_*.json")}
     rejected = {s.id for samples in groups.values() for s in samples if not s.verdict(s.gold_answer()).valid}
     assert rejected == REJECTED_BY_ACEBENCH
+
+
+def test_oracle_through_evaluate_writes_the_acebench_summary(data_en, tmp_path):
+    """The whole harness in process: ACEBench items judged by their own rule, the summary in metrics.json, and no
+    ACEBench overall. Beside another spec, groups carry the `acebench/` prefix and the summary still finds them."""
+    from toolace_r.config import load_config
+    from toolace_r.evaluate import ORACLE, evaluate
+
+    cfg = load_config(None, ["eval.num_actors=0", "pool.builtin.n_train=20", "pool.builtin.n_heldout=10"])
+    result = evaluate(cfg, ORACLE, [f"acebench:{data_en}", "builtin"], str(tmp_path))
+    ace = {k: v for k, v in result.items() if k.startswith("acebench/")}
+    assert len(ace) == 7 and all(m["accuracy"] == 1.0 for m in ace.values())
+    assert ace["acebench/normal_multi_turn_user_switch"]["conversations"] == 2
+    summary = json.loads((tmp_path / "metrics.json").read_text())["summaries"]["acebench"]
+    assert summary["single"]["special"]["accuracy"] == 1.0 and summary["overall"] is None
+    assert summary["single"]["categories"]["normal_multi_turn_user_switch"]["n"] == 2  # conversations

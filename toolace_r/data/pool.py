@@ -1,15 +1,15 @@
 """Where samples come from: the training pool, evaluation sets, and text for training a tiny tokenizer.
 
 `load_pool` is what the driver calls for the pool the loop probes and selects from; `load_eval_spec` turns an eval
-spec (`builtin`, `bfcl:DIR`, `apibank:FILE_OR_DIR`, or any file a reader understands) into category → samples.
-Readers live in `formats.py`, the generated default pool in `default_pool.py`.
+spec (`builtin`, `bfcl:DIR`, `apibank:FILE_OR_DIR`, `acebench:DIR`, or any file a reader understands) into
+category → samples. Readers live in `formats.py` (API-Bank as published in `apibank.py`, ACEBench in `acebench.py`,
+BFCL directories in `bfcl_dir.py`), the generated default pool in `default_pool.py`.
 """
 from __future__ import annotations
 
 import logging
 import random
 from collections import defaultdict
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from toolace_r.bfcl_summary import AST_CATEGORIES
