@@ -230,13 +230,14 @@ def format_summaries(summaries: dict[str, dict[str, Any]]) -> str:
 
 
 def format_table(result: dict[str, dict[str, Any]]) -> str:
-    head = f"{'category':<28} {'n':>5} {'single':>7} {'refined':>8} {'rounds':>7} {'tokens':>8} {'time s':>8}"
+    w = max([28] + [len(g) for g in result])  # ACEBench's names run to 44 characters (acebench/normal_single_...)
+    head = f"{'category':<{w}} {'n':>5} {'single':>7} {'refined':>8} {'rounds':>7} {'tokens':>8} {'time s':>8}"
     lines = [head, "-" * len(head)]
     for group, m in result.items():
         if group == "overall":
             lines.append("-" * len(head))
         label = "overall (pooled samples)" if group == "overall" else group  # not a benchmark's own overall
-        lines.append(f"{label:<28} {m['n']:>5} {m['accuracy']:>7.1%} {m['refined_accuracy']:>8.1%} "
+        lines.append(f"{label:<{w}} {m['n']:>5} {m['accuracy']:>7.1%} {m['refined_accuracy']:>8.1%} "
                      f"{m['mean_rounds']:>7.2f} {m['tokens']:>8} {m['time_s']:>8.1f}")
     return "\n".join(lines)
 
