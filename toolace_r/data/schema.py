@@ -22,7 +22,7 @@ class Sample:
     # turn that called tools also has "tool_calls": [{"name": str, "arguments": dict}] (already parsed, not JSON text).
     messages: list[dict[str, Any]]
     truth: list[dict[str, dict[str, list[Any]]]] = field(default_factory=list)
-    category: str = ""  # one of CATEGORIES; inferred from tools and truth when empty
+    category: str = ""  # CATEGORIES, or a benchmark's own (BFCL live_simple, ...); inferred when empty
     source: str = ""  # where it came from, e.g. "bfcl_v3/simple" or the file name
     # A benchmark's own scoring rule, for items whose benchmark judges differently from the AST checker on `truth`
     # (ACEBench: {"kind": "acebench", "category", "answer", "functions", "gold"}); {} = the AST checker.
