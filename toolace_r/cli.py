@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from toolace_r.console import setup_logging
@@ -65,8 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")  # key=value; an eval spec (builtin, bfcl:DIR, FILE) never starts so
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line. `--data` takes several specs, so argparse hands it the trailing key=value overrides
+    too (`eval --data bfcl:pkg eval.num_actors=0`); they are moved back to the overrides."""
     args = build_parser().parse_args(argv)
+    specs = getattr(args, "data", None)
+    if isinstance(specs, list):
+        args.data = [s for s in specs if not OVERRIDE.match(s)]
+        args.overrides = list(args.overrides) + [s for s in specs if OVERRIDE.match(s)]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     # toolace_r's lines (and each stage's progress bar) on the console; Ray's and the libraries' output goes to
     # RUN_DIR/logs once a command starts Ray (toolace_r.console, driver.init_ray)
     setup_logging(args.log_level)
