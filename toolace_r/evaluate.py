@@ -47,13 +47,12 @@ class EvalActor:
     """One Ray Data actor: loads the model once; a batch of sample rows → one output row per sample."""
 
     def __init__(self, model_path: str, style: str, settings: dict[str, Any]):
-        from toolace_r.calls import check
         from toolace_r.generation import pin_torch_threads
 
         threads = float(settings.get("torch_threads") or 0)
         if threads > 0:
             pin_torch_threads(threads)
-        self.check, self.style, self.settings = check, style, dict(settings)
+        self.style, self.settings = style, dict(settings)
         self.model = self.tokenizer = None
         if model_path != ORACLE:
             from toolace_r import storage

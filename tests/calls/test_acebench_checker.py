@@ -101,6 +101,15 @@ def test_parallel_answer_keys_lose_their_number_suffix():
     assert one.error_type == "wrong functions number"
 
 
+def test_the_reason_of_the_right_function_is_kept_whatever_the_call_order():
+    answer = {"RoadTripAdvisor_planJourney": {"departure_point": "Los Angeles", "arrival_point": "San Francisco"},
+              "desktop_cpu_monitor": {"host": "a"}}
+    trip = 'RoadTripAdvisor_planJourney(departure_point="Los Angeles", arrival_point="Sacramento")'
+    for output in (f'[{trip}, desktop_cpu_monitor(host="a")]', f'[desktop_cpu_monitor(host="a"), {trip}]'):
+        verdict = _normal(output, answer, "normal_single_turn_parallel_function")
+        assert not verdict.valid and verdict.error_type == "value_error:string", (output, verdict)
+
+
 def test_a_list_of_answers_is_alternatives():
     answer = [{"RoadTripAdvisor_planJourney": {"departure_point": "Boston"}}, ANSWER]
     assert _normal('[RoadTripAdvisor_planJourney(departure_point="Los Angeles", arrival_point="San Francisco")]',

@@ -107,6 +107,9 @@ def test_bad_records_name_file_record_and_field(tmp_path):
     (root / "possible_answer" / "data_normal_atom_bool.json").unlink()
     with pytest.raises(DataError, match="answer file"):
         load_eval_spec(f"acebench:{root}")
+    (root / "possible_answer" / "data_normal_atom_bool.json").write_bytes(b'{"id": "\xff\xfe"}\n')
+    with pytest.raises(DataError, match=r"data_normal_atom_bool.json: not UTF-8 text"):
+        load_eval_spec(f"acebench:{root}")
 
 
 def test_summary_follows_acebench_averaging():

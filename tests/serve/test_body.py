@@ -3,6 +3,7 @@ that would become a 500. Fast: no Ray, no HTTP (tests/serve/test_fuzz.py sends t
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
@@ -55,6 +56,14 @@ def test_well_formed_bodies_parse_as_json_does():
     assert parse_json_body(b"\xef\xbb\xbf" + raw) == body  # a UTF-8 byte order mark is ignored
     assert parse_json_body(json.dumps({"content": "é ✓ 🙂"}, ensure_ascii=False).encode()) == {"content": "é ✓ 🙂"}
     assert parse_json_body(b'{"n": ' + b"9" * MAX_INT_DIGITS + b"}")["n"] == int("9" * MAX_INT_DIGITS)
+
+
+def test_a_lower_interpreter_int_limit_is_a_400_not_a_500(monkeypatch):
+    """PYTHONINTMAXSTRDIGITS / -X int_max_str_digits below our limit: int() would raise ValueError inside json.loads."""
+    monkeypatch.setattr(sys, "get_int_max_str_digits", lambda: 1000)
+    with pytest.raises(ApiError, match="1200 digits; the limit is 1000") as err:
+        parse_json_body(b'{"n": ' + b"9" * 1200 + b"}")
+    assert err.value.status == 400
 
 
 def test_depth_limit_counts_brackets_outside_strings_only():

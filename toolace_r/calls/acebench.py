@@ -233,9 +233,7 @@ def _normal_checker(functions: list[dict[str, Any]], calls: list[dict], answer: 
                     last = Verdict(True)
                     break
                 except _Fail as fail:
-                    last = fail.verdict
-            else:
-                last = Verdict(False, "simple_function_checker:unclear", "wrong_function")
+                    last = fail.verdict  # the reason of a call to the right function beats "wrong_function"
         if not last.valid:
             return last
     return Verdict(True)

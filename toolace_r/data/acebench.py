@@ -182,7 +182,11 @@ def _answers(path: Path) -> dict[str, Any]:
 def _jsonl(path: Path) -> list[dict | _BadRecord]:
     """ACEBench's files are JSON Lines whatever their size (a one-line file is not "one JSON document")."""
     out: list[dict | _BadRecord] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path)) from None
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -84,11 +84,12 @@ class Sample:
     def verdict(self, output: Any, decoder: str = "lenient") -> Any:
         """Judge one answer: by the item's benchmark rule where it has one (ACEBench: its own decoder and checker,
         whatever `decoder` says), else by the AST checker on `truth` with `decoder`. Returns a calls.Verdict."""
-        from toolace_r.calls import check
-        from toolace_r.calls.acebench import check_acebench
-
         if self.scoring.get("kind") == "acebench":
+            from toolace_r.calls.acebench import check_acebench
+
             return check_acebench(output, self.scoring)
+        from toolace_r.calls import check
+
         return check(output, self.tools, self.truth, self.category, decoder)
 
 

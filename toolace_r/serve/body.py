@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from typing import Any
 
 from fastapi import Request
@@ -29,9 +30,16 @@ from toolace_r.serve.schema import ApiError
 # then the property's schema): 128 leaves room for schemas ~60 objects deep, and stays far below Python's recursion
 # limit (1 000 frames) for json.loads, pydantic, json.dumps and the chat template's `tojson` downstream.
 MAX_JSON_DEPTH = 128
-# Longest integer literal accepted: CPython's own default limit for int() (sys.get_int_max_str_digits); longer ones
-# would raise ValueError inside json.loads. No field of a request needs more than 20 digits, so this only bounds work.
+# Longest integer literal accepted: CPython's default limit for int(); longer ones would raise ValueError inside
+# json.loads. No field of a request needs more than 20 digits, so this only bounds work. The interpreter's own limit
+# (PYTHONINTMAXSTRDIGITS, -X int_max_str_digits) applies when it is lower: see `_int_digit_limit`.
 MAX_INT_DIGITS = 4300
+
+
+def _int_digit_limit() -> int:
+    """The longest integer literal int() accepts in this interpreter, at most MAX_INT_DIGITS (0 there: no limit)."""
+    own = sys.get_int_max_str_digits()
+    return min(MAX_INT_DIGITS, own) if own else MAX_INT_DIGITS
 
 # A JSON string (escapes included) or one bracket. Strings are matched whole so that brackets inside them are skipped;
 # an unterminated string runs to the end of the text. That second branch keeps the scan linear: without it, a text of
@@ -69,9 +77,9 @@ class _Limits:
         self.where, self.param = where, param
 
     def parse_int(self, literal: str) -> int:
-        digits = len(literal.lstrip("-"))
-        if digits > MAX_INT_DIGITS:
-            raise _bad(f"{self.where} holds an integer with {digits} digits; the limit is {MAX_INT_DIGITS}", self.param)
+        digits, limit = len(literal.lstrip("-")), _int_digit_limit()
+        if digits > limit:
+            raise _bad(f"{self.where} holds an integer with {digits} digits; the limit is {limit}", self.param)
         return int(literal)
 
     def parse_float(self, literal: str) -> float:
