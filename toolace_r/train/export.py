@@ -1,0 +1,62 @@
+"""The end of a run: the trained weights as a plain Hugging Face model dir (ZeRO-3 weights gathered, LoRA merged).
+
+The export is what the rest of the loop reads (probe, eval, serve and the next iteration's training all load a model
+dir with the Auto classes: ARCHITECTURE.md's contract), so it needs neither DeepSpeed nor peft to load.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def gather_state_dict(engine, zero_stage: int) -> dict | None:
+    """The full model state dict on rank 0 (None elsewhere). Under ZeRO-3 every rank must call this: the
+    partitioned parameters are gathered layer by layer."""
+    import torch.distributed as dist
+
+    if zero_stage == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    if dist.get_rank() == 0:
+        return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+    return None
+
+
+def save_hf_model(state_dict: dict, base_path: str, out_dir: str | Path, lora=None, module=None, dtype=None) -> Path:
+    """Write `state_dict` as a plain HF model dir + the base model's tokenizer and toolace_r.json.
+
+    With LoRA the state dict is the peft model's: it is loaded into a fresh peft wrapper of the base model and merged,
+    so the export needs no peft to load. Without LoRA, `module.save_pretrained(state_dict=...)` writes it (the module
+    only supplies the config and tied-weight layout, its own — possibly partitioned — tensors are not read).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolace_r.models import META_FILE
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if lora is not None and lora.enabled:
+        from peft import get_peft_model
+
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+        peft_model = get_peft_model(base, _peft_config(lora))
+        missing, unexpected = peft_model.load_state_dict(state_dict, strict=False)
+        if unexpected:
+            raise RuntimeError(f"LoRA export: unexpected keys {unexpected[:3]}")
+        peft_model.merge_and_unload().save_pretrained(out)
+    else:
+        if module is None:
+            module = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+        module.save_pretrained(out, state_dict=state_dict)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
+    meta = Path(base_path) / META_FILE
+    if meta.is_file():
+        shutil.copy(meta, out / META_FILE)
+    return out
+
+
+def _peft_config(lora):
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
