@@ -176,6 +176,11 @@ class TrainConfig:
     # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | amp_bf16 (fp32 weights and optimizer, forward under bf16
     # autocast: ~1.3x the tokens/s of fp32 on a CPU with avx512_bf16, no bf16 rounding of the weights)
     precision: str = "auto"
+    # Recompute each decoder layer's activations in the backward instead of keeping them (HF's checkpointing,
+    # non-reentrant): only every layer's input is kept, not its attention/MLP intermediates, for one extra forward
+    # per step. An 8B model at 16 k tokens per micro-batch needs it to fit an 80 GB GPU; the tiny CPU models do not
+    # (it would only slow them down).
+    gradient_checkpointing: bool = False
     lr: float = 2.0e-3
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1

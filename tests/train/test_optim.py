@@ -40,3 +40,51 @@ def test_amp_bf16_autocasts_the_forward_and_keeps_fp32_weights():
         assert layer(torch.randn(2, 8)).dtype == torch.float32
 
 
+
+
+def _grads_of_one_backward(model_dir, checkpointing: bool, lora=None) -> tuple[dict, int]:
+    """({name: grad}, forward calls of layer 0's MLP) of one training-mode forward + backward on a fixed batch."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from toolace_r.train import _peft_config
+    from toolace_r.train.optim import enable_gradient_checkpointing
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    if lora is not None:
+        from peft import get_peft_model
+
+        torch.manual_seed(0)  # LoRA A's random init: the same in both models
+        model = get_peft_model(model, _peft_config(lora))
+    calls = []
+    layer = model.get_base_model().model.layers[0] if lora is not None else model.model.layers[0]
+    mlp_forward = layer.mlp.forward  # inside the checkpointed forward: runs again in the backward (hooks do not)
+    layer.mlp.forward = lambda *a, **k: calls.append(1) or mlp_forward(*a, **k)
+    model.train()
+    torch.manual_seed(0)
+    ids = torch.randint(3, 500, (2, 24))
+    labels = ids.clone()
+    labels[:, :10] = -100
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, use_cache=False).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return grads, len(calls)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, lora):
+    """train.gradient_checkpointing recomputes activations in the backward (a second forward of every layer) and gives
+    the same gradients, for full fine-tuning and for LoRA (frozen embeddings)."""
+    import torch
+
+    lcfg = load_config(None, ["train.lora.enabled=true", "train.lora.r=4"]).train.lora if lora else None
+    plain, plain_calls = _grads_of_one_backward(tiny_model_dir, False, lcfg)
+    ckpt, ckpt_calls = _grads_of_one_backward(tiny_model_dir, True, lcfg)
+    assert plain_calls == 1 and ckpt_calls == 2  # the layer really was recomputed in the backward
+    assert plain.keys() == ckpt.keys() and plain
+    assert any(g.abs().sum() > 0 for g in ckpt.values())
+    for name in plain:
+        assert torch.allclose(plain[name], ckpt[name], atol=1e-6, rtol=1e-5), name
+    assert load_config(None, []).train.gradient_checkpointing is False  # off unless a job asks (the 8B job does)
+    assert load_config("jobs/llama31_8b.yaml", []).train.gradient_checkpointing is True

@@ -1,4 +1,5 @@
-"""The DeepSpeed config, precision, the optimizer's parameter groups and the LR schedule, all from `cfg.train`.
+"""The DeepSpeed config, precision, gradient checkpointing, the optimizer's parameter groups and the LR schedule, all
+from `cfg.train`.
 
 The optimizer (a torch AdamW) and the LR schedule are handed to `deepspeed.initialize` as torch objects rather than
 named in the DeepSpeed config: DeepSpeed's own AdamW / cpu_adam compile C++ ops on first use (~35 s each on CPU,
@@ -30,6 +31,25 @@ def autocast_context(tcfg: TrainConfig, device: Any):
     if tcfg.precision != "amp_bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Turn on HF's activation checkpointing of every decoder layer (train.gradient_checkpointing), before any LoRA
+    wrapping and before deepspeed.initialize.
+
+    Non-reentrant (`use_reentrant=False`): the torch default going forward, it needs no input that requires grad and
+    composes with ZeRO-3's parameter gathering and with autocast. The input embeddings' output is still made to
+    require grad (`enable_input_require_grads`) so that under LoRA, with the embeddings frozen, an older
+    transformers or a reentrant checkpoint would still see gradients flow into the checkpointed layers. The KV cache
+    is off: it is useless in training and HF refuses it together with checkpointing.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name is a deprecated alias
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.enable_input_require_grads()
+    model.config.use_cache = False
 
 
 def deepspeed_config(tcfg: TrainConfig, world_size: int, on_gpu: bool) -> dict:

@@ -31,7 +31,15 @@ from toolace_r.train.checkpoint import (
     _write_progress,
 )
 from toolace_r.train.export import _peft_config, gather_state_dict, save_hf_model
-from toolace_r.train.optim import _param_groups, _skip_shm_comm_build, autocast_context, deepspeed_config, lr_factor, use_bf16
+from toolace_r.train.optim import (
+    _param_groups,
+    _skip_shm_comm_build,
+    autocast_context,
+    deepspeed_config,
+    enable_gradient_checkpointing,
+    lr_factor,
+    use_bf16,
+)
 from toolace_r.train.rows import batch_stats, build_schedule, collate, encode_row
 
 
@@ -68,6 +76,8 @@ def _build_engine(config: dict, tcfg: TrainConfig, world: int, on_gpu: bool, tot
     model = AutoModelForCausalLM.from_pretrained(
         config["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32, trust_remote_code=cfg.model.trust_remote_code)
     model.config.use_cache = False
+    if tcfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if tcfg.lora.enabled:
         from peft import get_peft_model
 
