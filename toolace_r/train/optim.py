@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from typing import Any
 
 from toolace_r.config import TrainConfig
@@ -96,11 +97,36 @@ def _skip_shm_comm_build() -> None:
     module.build_shm_op = lambda: None
 
 
+# Parameter names that get no weight decay: HF Trainer's patterns (get_decay_parameter_names), matched on the
+# lower-cased dotted name — biases and the weights of LayerNorm / RMSNorm modules (input_layernorm, model.norm, q_norm).
+_NO_DECAY_NAME = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def no_decay_names(model) -> set[str]:
+    """Names (as `model.named_parameters()` gives them) of the parameters that get no weight decay: biases and the
+    weights of normalisation layers — by name pattern, or because the owning module's class is a norm.
+
+    By name, not by `p.ndim`: under ZeRO-3 `zero.Init` has already partitioned every parameter into a 1-D shard
+    (`p.data` is empty or flat, the real shape is `p.ds_shape`) when the optimizer is built, so a shape test would put
+    every weight in the no-decay group and silently switch weight decay off.
+    """
+    names = set()
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        is_norm = "norm" in type(module).__name__.lower()  # LayerNorm, LlamaRMSNorm, Qwen2RMSNorm, ...
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if is_norm or _NO_DECAY_NAME.search(full.lower()):
+                names.add(full)
+    return names
+
+
 def _param_groups(model, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and norm weights (1-D tensors), as usual for transformers."""
+    """AdamW's two groups: `weight_decay` on the trainable weights of linear and embedding layers, none on biases and
+    norm weights (no_decay_names), as usual for transformers. Parameters keep `model.parameters()`'s order."""
+    skip = no_decay_names(model)
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (no_decay if name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
