@@ -122,6 +122,65 @@ def test_training_worker_killed_resumes_from_last_checkpoint(ray_local, tiny_mod
                     f"{seen['max_step_attempt0']}), {total}/{total} steps"))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_driver_killed_mid_training_resumes_the_stage_from_its_checkpoint(tiny_model_dir, tmp_path):
+    """SIGKILL the whole driver (`toolace-r train`, its own Ray with it) once step >= 8 is logged, checkpoints every 5
+    steps, then rerun the same command: the Ray Train run name derives from OUT, the stage key and the inputs, so the
+    rerun resumes that run at its last checkpoint (not at step 0), loses at most checkpoint_every steps, and ends with
+    the step count the uninterrupted attempt had planned, every step in the curve exactly once."""
+    train_samples, _ = load_builtin(BuiltinPoolConfig(n_train=40, n_heldout=5, seed=3))
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows_from_samples(train_samples[:16], "compact")))
+    every, kill_after = 5, 8
+    out = tmp_path / "train"
+    cmd = [sys.executable, "-m", "toolace_r.cli", "train", "--data", str(data), "--out", str(out),
+           f"model.path={tiny_model_dir}", "model.prompt_style=compact", f"run.dir={tmp_path / 'run'}", "run.num_cpus=2",
+           "train.zero_stage=2", "train.num_workers=2", "train.cpus_per_worker=1", "train.epochs=20",
+           "train.tokens_per_micro_batch=1024", "train.lr=2e-3", "train.warmup_steps=2",
+           f"train.checkpoint_every={every}", "train.max_failures=0"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TEST_KILL_ENV)}
+    env["PYTHONPATH"] = str(REPO)
+    with open(tmp_path / "attempt1.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        planned, reached = None, 0
+        try:
+            while proc.poll() is None and reached < kill_after:
+                reached = max([r["step"] for r in _read_metrics(out / "metrics.jsonl")] or [0])
+                try:
+                    planned = json.loads((out / ".progress.json").read_text())["total"]
+                except (OSError, ValueError, KeyError):
+                    pass
+                time.sleep(0.05)
+            assert proc.poll() is None, f"the first attempt ended before step {kill_after}: " + \
+                (tmp_path / "attempt1.log").read_text()[-3000:]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            end_session(proc.pid, term_grace_s=0)  # its Ray (GCS, raylet, the Train workers) dies with it
+    killed_at = max(r["step"] for r in _read_metrics(out / "metrics.jsonl"))
+    assert planned and killed_at >= kill_after
+
+    with open(tmp_path / "attempt2.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=420)
+        finally:
+            end_session(proc.pid, term_grace_s=0)
+    assert rc == 0, (tmp_path / "attempt2.log").read_text()[-4000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == planned and summary["restarts"] == 1, (planned, summary)
+    assert [r["step"] for r in records] == list(range(1, planned + 1))  # no gap, no step twice
+    resumed_from = next(r["step"] for r in records if r["attempt"] == 1) - 1
+    assert resumed_from % every == 0 and resumed_from >= every  # a checkpoint of the killed run, not step 0
+    assert 0 <= killed_at - resumed_from <= every, (killed_at, resumed_from)
+    assert len(list((out / "ray_train").iterdir())) == 1  # both attempts used the same Ray Train run
+    assert (Path(summary["model_dir"]) / "config.json").is_file()
+    _FAULTS.append(("driver SIGKILL mid-training", 1, f"rerun resumed at step {resumed_from} (killed after step "
+                    f"{killed_at}), {summary['steps']}/{planned} steps"))
+
+
 # ------------------------------------------------------------------------------------------------ 2. probe actor
 class BatchLoggingActor(ProbeActor):
     """The real probe actor, appending `pid n_rows` to `log_path` after every batch it returns, so the test knows
@@ -211,7 +270,8 @@ def _stage_outputs(run_dir: Path, key: str) -> list[Path]:
 def _check_run_dir_readable(run_dir: Path) -> int:
     """Every JSON/JSONL/YAML file and parquet dir a rerun could read back parses; returns how many were checked.
     Skipped: temp names of atomic writes (dot files/dirs, renamed into place only when complete), the outputs of
-    the stage that was in flight (redone from scratch), Ray Train's own storage (a fresh run name each attempt)."""
+    the stage that was in flight (redone; a train stage resumes from its last Ray Train checkpoint), Ray Train's own
+    storage."""
     import pyarrow.parquet as pq
     from omegaconf import OmegaConf
 

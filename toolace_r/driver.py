@@ -433,7 +433,9 @@ def corpus_stage(cfg: Config, by_id: dict[str, Sample], rows: list[dict], ids: l
 def train_stage(cfg: Config, model_dir: str, corpus_path: str, out: Path) -> dict:
     from toolace_r.train import train
 
-    metrics = train(cfg, model_dir, corpus_path, str(out))  # → out/model, out/metrics.jsonl (per step)
+    # → out/model, out/metrics.jsonl (per step); keyed by run dir and stage, so a rerun after a kill mid-training
+    # resumes from the stage's last Ray Train checkpoint
+    metrics = train(cfg, model_dir, corpus_path, str(out), resume_key=f"{out.parent.name}/{out.name}/train")
     if (out / "metrics.jsonl").is_file():
         rio.write_text(out / "train_metrics.jsonl", (out / "metrics.jsonl").read_text())
     log.info("train: %s steps, loss %.3f → %.3f, %.0f tokens/s, model → %s", metrics.get("steps"),

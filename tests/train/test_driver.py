@@ -47,3 +47,32 @@ def test_presplit_hands_each_worker_its_part_and_refuses_another_world_size(ray_
     assert [len(p) for p in parts] == [3, 3] and not set(parts[0]) & set(parts[1])
     with pytest.raises(RuntimeError, match="3 workers, the data was split for 2"):
         config.configure({"train": dataset}, 3, [], [])
+
+
+def test_resumable_run_names_follow_the_stage_and_its_inputs(tmp_path):
+    """The Ray Train run name of a keyed training is the same for the same stage, OUT, config, model and rows (so
+    a rerun resumes that run), and differs as soon as any of them does (so it never resumes another training)."""
+    from toolace_r.config import load_config
+    from toolace_r.train import validate_rows
+    from toolace_r.train.driver import run_name_for
+
+    cfg, rows, out = load_config(None, []), validate_rows(fixed_rows()), tmp_path / "iter_001"
+    name = run_name_for("demo/iter_001/train", cfg, "/m", rows, out)
+    assert name.startswith("demo-iter_001-train-") and name == run_name_for("demo/iter_001/train", cfg, "/m", rows, out)
+    other_cfg = load_config(None, ["train.lr=1e-4"])
+    assert len({name, run_name_for("demo/iter_002/train", cfg, "/m", rows, out),
+                run_name_for("demo/iter_001/train", other_cfg, "/m", rows, out),
+                run_name_for("demo/iter_001/train", cfg, "/other", rows, out),
+                run_name_for("demo/iter_001/train", cfg, "/m", rows[:-1], out),
+                run_name_for("demo/iter_001/train", cfg, "/m", rows, tmp_path / "elsewhere")}) == 6
+
+
+def test_the_driver_keys_its_train_stage_by_run_dir_and_iteration(monkeypatch, tmp_path):
+    import toolace_r.train
+    from toolace_r import driver
+    from toolace_r.config import load_config
+
+    calls = []
+    monkeypatch.setattr(toolace_r.train, "train", lambda *a, **k: calls.append(k) or {"model_dir": "m"})
+    driver.train_stage(load_config(None, []), "model", "corpus.jsonl", tmp_path / "run" / "iter_002")
+    assert calls == [{"resume_key": "run/iter_002/train"}]

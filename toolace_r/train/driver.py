@@ -11,9 +11,12 @@ Why it is built this way:
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -53,12 +56,32 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *, fail_once_at_step: int = 0) -> dict:
+def run_name_for(resume_key: str, cfg: Config, model_ref: str, rows: list[dict], out: Path) -> str:
+    """The Ray Train run name of a resumable training: `<resume_key>-<fingerprint>`.
+
+    Ray Train resumes the run found under the same (storage path, name) from its last checkpoint, so a rerun of a
+    stage killed mid-training — same key, same OUT — continues where the checkpoints left off instead of at step 0.
+    The fingerprint (OUT, the whole train config, the model and the rows) makes a name that is reused only for the
+    very same training: a rerun with another config, model or corpus, or another run dir sharing train.storage_path,
+    starts a fresh run rather than resuming a checkpoint of a different one.
+    """
+    blob = json.dumps({"out": str(out), "key": resume_key, "train": dataclasses.asdict(cfg.train), "model": model_ref,
+                       "rows": rows}, sort_keys=True, ensure_ascii=False, default=str)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", resume_key).strip("-") or "train"
+    return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *, resume_key: str = "",
+          fail_once_at_step: int = 0) -> dict:
     """Fine-tune `model_path` on training rows with Ray Train + DeepSpeed; the model lands in OUT/model.
 
     Returns model_dir, steps, loss_first, loss_last (means of the first/last few steps), tokens_per_s (real tokens
     over the training loop, all workers), padding_fraction, train_tokens (prompt + target tokens processed), wall_s
     (including Ray Train start-up), plus restarts and the Ray Train storage path.
+    `resume_key` (the driver's stage key, with the run dir's name) makes the run resumable: the Ray Train run name is
+    derived from it, OUT and the inputs (run_name_for), so calling train() again after the driver was killed
+    continues from the last checkpoint, and after a finished run returns its model without training. Without it
+    every call is a fresh run.
     `fail_once_at_step` makes the last worker raise once after that step (fault-tolerance tests): a marker file in
     OUT records that it happened, so the restarted attempt trains through.
 
@@ -102,7 +125,10 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     dataset.context.execution_options.preserve_order = True
     storage = Path(tcfg.storage_path).resolve() if tcfg.storage_path and "://" not in tcfg.storage_path else None
     storage_path = tcfg.storage_path if tcfg.storage_path and storage is None else str(storage or out / "ray_train")
-    run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # a reused name would resume that run
+    if resume_key:
+        run_name = run_name_for(resume_key, cfg, model_ref, rows, out)
+    else:  # a fresh name: a reused one would resume that run
+        run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     resources = {"CPU": tcfg.cpus_per_worker}
     if tcfg.use_gpu:
         resources["GPU"] = 1
@@ -175,6 +201,6 @@ def train_command(args, cfg: Config) -> int:
     if not args.data:
         raise ConfigError("train needs --data (a JSONL of training rows, or a pool file)")
     out_dir = args.out or str(Path(cfg.run.dir) / "train")
-    summary = train(cfg, cfg.model.path, args.data, out_dir)
+    summary = train(cfg, cfg.model.path, args.data, out_dir, resume_key="train")  # a rerun resumes (see train)
     print(json.dumps(summary, indent=2))
     return 0
