@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from toolace_r.train import train
+
 from .common import fixed_rows, ray_cfg
 
 
