@@ -236,6 +236,68 @@ def test_probe_actor_killed_every_sample_gets_exactly_one_row(ray_local, tiny_mo
     _FAULTS.append(("probe actor SIGKILL", 1, f"actor restarted, {len(rows)}/{len(samples)} samples, 0 duplicates"))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_driver_killed_mid_probe_probes_only_the_rest(ray_local, tiny_model_dir, tmp_path):
+    """SIGKILL the whole driver (`toolace-r probe`, its own Ray with it) once some fixed batches are written, rerun the
+    same command: the rerun keeps the batches already written, probes only the others, and the result has every
+    sample exactly once, in input order, with the answers of a probe that was never interrupted."""
+    from toolace_r.data.pool import load_pool_result
+
+    overrides = [f"model.path={tiny_model_dir}", "model.prompt_style=compact", "pool.builtin.n_train=96",
+                 "pool.builtin.n_heldout=0", "probe.k=2", "probe.batch_size=4", "probe.num_actors=1",
+                 "probe.generation.max_new_tokens=48", "probe.generation.batch_size=8"]
+    out = tmp_path / "probe"
+    cmd = [sys.executable, "-m", "toolace_r.cli", "probe", "--out", str(out), f"run.dir={tmp_path / 'run'}",
+           "run.num_cpus=2", *overrides]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TEST_KILL_ENV)}
+    env["PYTHONPATH"] = str(REPO)
+    import pyarrow.parquet as pq
+
+    def finished_rows() -> int:
+        n = 0
+        for f in tmp_path.glob(".probe.partial-*/*.parquet"):
+            try:
+                n += pq.read_metadata(f).num_rows
+            except Exception:  # noqa: BLE001 - still being written
+                pass
+        return n
+
+    with open(tmp_path / "attempt1.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None and finished_rows() < 16:
+                time.sleep(0.05)
+            assert proc.poll() is None, "the probe ended before it could be killed: " + \
+                (tmp_path / "attempt1.log").read_text()[-3000:]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            end_session(proc.pid, term_grace_s=0)
+    kept = finished_rows()
+    assert 16 <= kept < 96 and not out.exists()
+
+    with open(tmp_path / "attempt2.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=400)
+        finally:
+            end_session(proc.pid, term_grace_s=0)
+    rerun_log = (tmp_path / "attempt2.log").read_text()
+    assert rc == 0, rerun_log[-4000:]
+    logs = rerun_log + "".join(f.read_text(errors="replace") for f in (tmp_path / "run" / "logs").glob("*.log"))
+    assert "were probed before, probing the rest" in logs
+    rows = read_probe(out)
+    cfg = load_config(None, overrides)
+    samples = load_pool_result(cfg.pool).samples
+    assert [r["id"] for r in rows] == [s.id for s in samples]  # each sample once, in input order
+    assert not list(tmp_path.glob(".probe.partial-*"))  # renamed into place
+    reference = read_probe(probe(cfg, str(tiny_model_dir), samples, tmp_path / "reference"))
+    assert rows == reference  # the same answers as a probe never interrupted
+    _FAULTS.append(("driver SIGKILL mid-probe", 1, f"rerun kept {kept} of {len(samples)} samples, probed the rest; "
+                    "each sample once, answers as uninterrupted"))
+
+
 # ------------------------------------------------------------------------------------------------ 3. driver
 def tiny_run_overrides(run_dir: Path) -> list[str]:
     """The smallest real run: 60-sample pool, 20 held out, tiny model, k=2, two iterations, 6 training steps."""

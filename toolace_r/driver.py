@@ -390,7 +390,9 @@ def summarize_probe(rows: list[dict]) -> dict:
 def probe_stage(cfg: Config, model_dir: str, pool: list[Sample], out: Path) -> dict:
     from toolace_r.probe import probe, read_probe
 
-    shutil.rmtree(out, ignore_errors=True)  # a probe killed half-way left partial files: start it clean
+    # An older complete result (killed before the stage was recorded) is replaced; a probe killed half-way left its
+    # finished batches in a partial dir beside `out`, and the rerun probes only the rest (probe._partial_dir).
+    shutil.rmtree(out, ignore_errors=True)
     path = probe(cfg, model_dir, pool, str(out))
     summary = summarize_probe(read_probe(path))
     log.info("probe: %d samples × k=%d, mean pass rate %.3f — mastered %d, learnable %d, too hard %d",

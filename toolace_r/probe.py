@@ -17,6 +17,7 @@ rename when everything is written, so a resumed run sees either no result or a c
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -195,26 +196,38 @@ def probe(
     style = prompt_style_for(cfg, model_path)
 
     total = None
+    out = Path(out_dir).expanduser().resolve()
+    positions: dict[str, int] = {}
+    done: set[str] = set()
     if isinstance(samples, ray.data.Dataset):
         # The caller's blocks decide the batches (map_batches bundles them to pc.batch_size rows): reproducible for
         # the same Dataset, not across block layouts. A list is cut into fixed batches here (toolace_r.raydata).
         dataset, batch_size = preserve_order(samples), pc.batch_size
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     else:
         if not samples:
             raise DataError("probe: the pool is empty")
-        dataset, batch_size, total = batched_dataset([s.to_row() for s in samples], pc.batch_size), None, len(samples)
+        rows = [s.to_row() for s in samples]
+        positions = {s.id: i for i, s in enumerate(samples)}
+        if len(positions) == len(samples):  # resumable: see _partial_dir
+            tmp = _partial_dir(out, cfg, model_path, style, rows)
+            done = _finished_ids(tmp, positions, pc.batch_size)
+            if done:
+                log.info("probe: resuming %s: %d of %d samples were probed before, probing the rest", tmp.name,
+                         len(done), len(samples))
+        else:  # repeated ids: no way to tell which rows are done
+            positions, tmp = {}, out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        dataset, batch_size, total = batched_dataset(rows, pc.batch_size, done), None, len(samples)
     cluster_cpus = ray.cluster_resources().get("CPU", 0)
     if pc.num_actors * pc.cpus_per_actor > cluster_cpus:
         log.warning("probe wants %d actors × %s CPUs but the cluster has %s CPUs: actors will wait for resources",
                     pc.num_actors, pc.cpus_per_actor, cluster_cpus)
 
-    out = Path(out_dir).expanduser().resolve()
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     log.info("probing with %s (style %s): k=%d, T=%s, %d actor(s) × %s CPU / %s GPU, batches of %d",
              model_path, style, pc.k, pc.generation.temperature, pc.num_actors, pc.cpus_per_actor,
              pc.gpus_per_actor, pc.batch_size)
     start = time.perf_counter()
-    results = dataset.map_batches(
+    results = None if dataset is None else dataset.map_batches(
         actor_cls,
         fn_constructor_kwargs=dict(
             model_path=model_path,
@@ -248,21 +261,88 @@ def probe(
     )
     try:
         counted: dict[Path, int] = {}
-        with Progress("probe", total, "samples") as bar, watch(bar, lambda: (_rows_written(tmp, counted), None, "")):
-            results.write_parquet(str(tmp))
+        if results is not None:  # None: a resumed probe whose every batch was written before
+            with Progress("probe", total, "samples") as bar, watch(bar, lambda: (_rows_written(tmp, counted), None, "")):
+                results.write_parquet(str(tmp))
+        if done:
+            _order_files(tmp, positions)
         wall = time.perf_counter() - start
         summary = summarize(str(tmp), wall)
         summary.update(model_path=model_path, prompt_style=style, k=pc.k, temperature=pc.generation.temperature)
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         _replace_dir(tmp, out)
     finally:
-        if tmp.exists():
+        if tmp.exists() and not positions:  # a resumable probe's partial results stay for the rerun
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("probe: %d samples in %.1fs (%.1f samples/s, %.0f tokens/s); mean pass rate %.3f; "
              "mastered %d, learnable %d, too hard %d -> %s", summary["n"], wall, summary["samples_per_s"],
              summary["tokens_per_s"], summary["mean_pass_rate"], summary["mastered"], summary["learnable"],
              summary["too_hard"], out)
     return str(out)
+
+
+def _partial_dir(out: Path, cfg: Config, model_path: str, style: str, rows: list[dict]) -> Path:
+    """Where a probe of a list of samples writes until it is complete: `.NAME.partial-<fingerprint>` beside OUT,
+    renamed to OUT at the end.
+
+    A driver killed mid-probe leaves the parquet files of the batches already done there; a rerun of the same probe
+    (same OUT, model dir and its weights files, prompt style, probe config and samples: the fingerprint) finds them
+    and probes only the other batches. Any change gives another name, so rows of a different probe are never mixed
+    in. The fixed batches (toolace_r.raydata) keep their rows, and so their answers, whatever was done before.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    model = Path(model_path)
+    weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model.glob("*.safetensors")) \
+        if model.is_dir() else []
+    digest.update(json.dumps({"out": str(out), "model": model_path, "weights": weights, "style": style,
+                              "probe": dataclasses.asdict(cfg.probe), "dtype": cfg.model.dtype},
+                             sort_keys=True, default=str).encode())
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return out.parent / f".{out.name}.partial-{digest.hexdigest()[:12]}"
+
+
+def _finished_ids(directory: Path, positions: dict[str, int], batch_size: int) -> set[str]:
+    """The sample ids a killed probe finished in `directory`. A file a writer was killed in (no parquet footer) is
+    deleted, and so is every file holding rows of a batch that is not complete across the files (Ray Data split
+    its block): those batches are probed again whole, so each sample ends up in exactly one row."""
+    import pyarrow.parquet as pq
+
+    if not directory.is_dir():
+        return set()
+    files: dict[Path, list[str]] = {}
+    for f in sorted(directory.glob("*.parquet")):
+        try:
+            files[f] = pq.read_table(f, columns=["id"]).column("id").to_pylist()
+        except Exception:  # noqa: BLE001 - written to when the driver died
+            f.unlink(missing_ok=True)
+    n = len(positions)
+    while True:
+        counts: dict[int, int] = {}
+        for ids in files.values():
+            for i in ids:
+                b = positions[i] // batch_size
+                counts[b] = counts.get(b, 0) + 1
+        whole = {b for b, c in counts.items() if c == min(batch_size, n - b * batch_size)}
+        broken = [f for f, ids in files.items() if any(positions[i] // batch_size not in whole for i in ids)]
+        if not broken:
+            return {i for ids in files.values() for i in ids}
+        for f in broken:
+            f.unlink(missing_ok=True)
+            del files[f]
+
+
+def _order_files(directory: Path, positions: dict[str, int]) -> None:
+    """Rename a resumed probe's files `<position of the first sample>-<name>`: read back in name order (read_probe),
+    the rows are in input order, as in a probe that was never interrupted (whose files already sort that way)."""
+    import pyarrow.parquet as pq
+
+    for f in sorted(directory.glob("*.parquet")):
+        table = pq.read_table(f, columns=["id"])
+        if table.num_rows:
+            os.replace(f, f.with_name(f"{positions[table.column('id')[0].as_py()]:010d}-{f.name}"))
 
 
 def _rows_written(directory: Path, counted: dict[Path, int]) -> int:

@@ -43,14 +43,22 @@ def fixed_batches(rows: Sequence[dict[str, Any]], batch_size: int) -> list[pa.Ta
     return tables
 
 
-def batched_dataset(rows: Sequence[dict[str, Any]], batch_size: int):
-    """A Dataset with one block per fixed batch of `rows`, ordered execution. Map it with `batch_size=None`."""
+def batched_dataset(rows: Sequence[dict[str, Any]], batch_size: int, done_ids: frozenset | set = frozenset()):
+    """A Dataset with one block per fixed batch of `rows`, ordered execution. Map it with `batch_size=None`.
+
+    `done_ids` (a resumed probe: the ids whose results were already written) leaves out the batches whose rows are
+    all done; the others keep the rows, and so the answers, they have in a run from the start. None when nothing
+    is left."""
     import ray.data
 
     if not rows:
         raise ValueError("batched_dataset: no rows")
     tables = fixed_batches(rows, batch_size)
     schema = pa.unify_schemas([t.schema for t in tables])  # a column that is all-null in one batch only
+    if done_ids:
+        tables = [t for t in tables if not set(t.column("id").to_pylist()) <= done_ids]
+        if not tables:
+            return None
     return preserve_order(ray.data.from_arrow([t.cast(schema) for t in tables]))
 
 
