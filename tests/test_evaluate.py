@@ -3,6 +3,7 @@ goes through the real Ray Data actor pipeline, and the per-category metrics are 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -128,3 +129,71 @@ def test_eval_command_prints_the_table(tmp_path, capsys):
     assert rc == 0
     assert "overall" in out and "100.0%" in out
     assert (tmp_path / "metrics.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------- the one table
+def _group(n: int, k: int, refined: int) -> dict:
+    return {"n": n, "accuracy": k / n, "refined_accuracy": refined / n, "correct": k, "refined_correct": refined,
+            "mean_rounds": 1.0, "tokens": 0, "time_s": 0.0}
+
+
+def test_every_figure_of_the_table_carries_its_wilson_interval():
+    from toolace_r.stats import wilson_interval
+    from toolace_r.tables import add_intervals
+
+    result = add_intervals({"simple": _group(10, 7, 8), "overall": _group(10, 7, 8)})
+    lo, hi = wilson_interval(7, 10)
+    assert result["simple"]["accuracy_ci95"] == [lo, hi]
+    assert result["simple"]["refined_accuracy_ci95"] == list(wilson_interval(8, 10))
+    row = next(line for line in format_table(result, {}).splitlines() if line.startswith("simple"))
+    assert re.search(rf"70\.0% +\[{lo:.1%}, {hi:.1%}\] +80\.0% +\[", row)
+
+
+def test_apibank_and_acebench_summaries_with_intervals_by_hand():
+    """API-Bank: its two levels, each a Wilson figure. ACEBench's normal: the unweighted mean of its 12 categories,
+    the interval a normal one whose variance is the mean of the categories' Wilson-derived variances over 12."""
+    import math
+
+    from toolace_r.data.acebench import NORMAL, SPECIAL
+    from toolace_r.evaluate import benchmark_summaries
+    from toolace_r.stats import Z95, wilson_interval
+
+    result = {f"apibank/apibank_l{i}": _group(20, 10 + i, 12 + i) for i in (1, 2)}
+    result.update({f"acebench/{c}": _group(10, 5 + i % 5, 6) for i, c in enumerate(NORMAL + SPECIAL)})
+    summaries = benchmark_summaries(["apibank:x", "acebench:y"], result)
+    bank = summaries["apibank"]
+    assert bank["single"]["apibank_l1"] == {"accuracy": 11 / 20, "n": 20, "ci95": list(wilson_interval(11, 20))}
+    assert bank["refined"]["apibank_l2"]["accuracy"] == 14 / 20
+    normal = summaries["acebench"]["single"]["normal"]
+    ks = [5 + i % 5 for i in range(len(NORMAL))]
+    mean = sum(k / 10 for k in ks) / 12
+    var = sum(((wilson_interval(k, 10)[1] - wilson_interval(k, 10)[0]) / 2 / Z95) ** 2 for k in ks) / 12 ** 2
+    assert normal["accuracy"] == pytest.approx(mean)
+    assert normal["ci95"] == pytest.approx([mean - Z95 * math.sqrt(var), mean + Z95 * math.sqrt(var)])
+    table = format_table(dict(result, overall=_group(170, 90, 100)), summaries)
+    lines = table.splitlines()
+    assert lines[0].startswith("category") and "95% CI" in lines[0]
+    assert any(ln.startswith("ACEBench (its own scoring)") for ln in lines)
+    assert any(ln.startswith("API-Bank call accuracy") for ln in lines)
+    assert any(ln.startswith("normal (unweighted mean of 12)") and f"{mean:.1%}" in ln for ln in lines)
+
+
+def test_one_command_one_table_on_three_benchmarks(shared_data, tmp_path, capsys):
+    """The oracle on BFCL, raw API-Bank and ACEBench at once: one table (categories, then each benchmark's
+    summary) and metrics.json with every summary and an interval on every figure."""
+    from toolace_r.cli import main
+
+    rc = main(["eval", "--model", ORACLE, "--out", str(tmp_path), "--data",
+               f"bfcl:{shared_data / 'bfcl_v3'}:simple,multiple,parallel,parallel_multiple,irrelevance", f"apibank:{shared_data / 'apibank_raw'}",
+               f"acebench:{shared_data / 'acebench' / 'data_en'}", "eval.num_actors=0", "eval.limit=4"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for head in ("category", "BFCL v3 summary", "ACEBench (its own scoring)", "API-Bank call accuracy"):
+        assert head in out
+    assert "\n\n" not in out.split("single = one pass")[0].strip()  # one table: no blank line inside it
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["summaries"]) == {"bfcl", "acebench", "apibank"}
+    assert all(m["accuracy_ci95"] and m["refined_accuracy_ci95"] for m in metrics["results"].values())
+    assert metrics["summaries"]["bfcl"]["per_category"]["multiple"]["refined"]["ci95"]
+    assert metrics["summaries"]["acebench"]["refined"]["special"]["ci95"]
+    assert metrics["summaries"]["apibank"]["single"]["apibank_l2"]["ci95"]

@@ -9,7 +9,7 @@ import pytest
 from toolace_r import io as rio
 from toolace_r.driver import format_summary
 from toolace_r.evaluate import summarize
-from toolace_r.report import add_item_statistics, build_report, iter_key, paired, write_report
+from toolace_r.report import add_item_statistics, build_report, iter_key, paired, render_html, write_report
 from toolace_r.stats import mcnemar, wilson_interval
 
 
@@ -189,3 +189,38 @@ def test_final_model_entry_marks_the_choice_and_its_figures(tmp_path):
     assert figure in table and "* final model: best dev" in table
     line0 = next(line for line in table.splitlines() if line.strip().startswith("0 *"))
     assert figure in line0
+
+
+def test_report_shows_each_iterations_benchmark_summaries_and_the_leak_check(tmp_path):
+    """What `toolace-r eval` prints per benchmark is in report.json per iteration, on the console and in the HTML;
+    so is the leak check the driver ran before the test sets."""
+    from toolace_r.evaluate import benchmark_summaries
+    from toolace_r.leaks import check_leaks
+    from toolace_r.data.schema import Sample
+
+    def with_summary(acc: float) -> dict:
+        result = {f"apibank_l{i}": {"n": 20, "accuracy": acc, "refined_accuracy": acc, "mean_rounds": 1.0,
+                                    "tokens": 0, "time_s": 0.0} for i in (1, 2)}
+        result["overall"] = {"n": 40, "accuracy": acc, "refined_accuracy": acc, "mean_rounds": 1.0, "tokens": 0,
+                             "time_s": 0.0}
+        result["overall"]["summaries"] = benchmark_summaries(["apibank:x"], result)
+        return result
+
+    state = two_iteration_state()
+    state["stages"]["baseline/eval"] = _stage(with_summary(0.25))
+    state["stages"][iter_key(0, "eval")] = _stage(with_summary(0.5))
+    item = Sample(id="t1", tools=[], messages=[{"role": "user", "content": "Hi!"}], truth=[])
+    state["stages"]["leaks"] = _stage(check_leaks({"apibank": {"apibank_l1": [item]}},
+                                                  [Sample(id="p9", tools=[], truth=[],
+                                                          messages=[{"role": "user", "content": "hi"}])]))
+    report = build_report(state, tmp_path)
+    assert report["iterations"][0]["eval"]["summaries"]["apibank"]["single"]["apibank_l1"]["accuracy"] == 0.5
+    assert report["leaks"]["sets"]["apibank"]["same_request_and_calls"] == 1
+    text = format_summary(report)
+    l1 = [ln for ln in text.splitlines() if ln.startswith("API-Bank apibank_l1")]
+    lo, hi = wilson_interval(10, 20)
+    assert len(l1) == 2 and f"0.500 [{lo:.3f}, {hi:.3f}]" in l1[1] and "untrained" in l1[0]
+    assert "Leak check" in text and "t1 = pool p9" in text
+    page = render_html(report, {})
+    assert "Benchmark summaries of the test sets" in page and "API-Bank apibank_l2" in page
+    assert "Leak check" in page and "t1 = p9" in page

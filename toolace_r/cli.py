@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "apibank:FILE_OR_DIR | acebench:DIR | FILE")
     parsers["eval"].add_argument("--out", help="output directory (default: run.dir/eval)")
     parsers["eval"].add_argument("--decoder", choices=["lenient", "bfcl"], help="decoder for model output")
+    parsers["eval"].add_argument("--pool", nargs="?", const="config", metavar="PATH",
+                                 help="leak check first: count test items that also occur in this pool (a pool.path "
+                                      "value; alone: the job's pool section)")
     parsers["serve"].add_argument("--model", help="model dir (overrides serve.model)")
     parsers["serve"].add_argument("--host")
     parsers["serve"].add_argument("--port", type=int)
@@ -77,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if isinstance(specs, list):
         args.data = [s for s in specs if not OVERRIDE.match(s)]
         args.overrides = list(args.overrides) + [s for s in specs if OVERRIDE.match(s)]
+    pool = getattr(args, "pool", None)
+    if pool and OVERRIDE.match(pool):  # `eval --pool eval.limit=5`: a bare --pool followed by an override
+        args.pool, args.overrides = "config", [pool] + list(args.overrides)
     return args
 
 

@@ -201,6 +201,19 @@ class TrainConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """`toolace-r eval --model openai:URL[#name]`: a served model behind an OpenAI-compatible chat API
+    (toolace_r.endpoint). Only how the requests are made; what is judged is the same as in-process."""
+    concurrency: int = 4  # requests in flight at once (a thread pool)
+    timeout_s: float = 120.0  # per request attempt
+    max_retries: int = 4  # on 408/409/429/5xx and lost connections, with exponential backoff (openai client)
+    api_key_env: str = "OPENAI_API_KEY"  # env var holding the key sent as `Authorization: Bearer`; unset = none
+    # JSON fields added to every request body: e.g. {max_refine_rounds: 1} makes a toolace-r server answer in one
+    # pass; vendor options for other servers. Empty = a plain OpenAI request.
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class EvalConfig:
     data: list[str] = field(default_factory=lambda: ["builtin"])  # specs: builtin | bfcl:DIR | apibank:FILE | FILE
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=0.0))
@@ -211,6 +224,7 @@ class EvalConfig:
     gpus_per_actor: float = 0.0
     batch_size: int = 32
     limit: int = 0  # per data spec, 0 = all
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 @dataclass

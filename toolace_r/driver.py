@@ -55,6 +55,7 @@ RESUME_SAFE = (
     "run.stop_when_selection_stalls", "run.stop_when_accuracy_stalls", "run.final_model_metric",
     "probe.num_actors", "probe.cpus_per_actor", "probe.gpus_per_actor", "probe.batch_size",
     "eval.num_actors", "eval.cpus_per_actor", "eval.gpus_per_actor", "eval.batch_size",
+    "eval.endpoint.",  # only `toolace-r eval --model openai:...` reads these; the driver never evaluates an endpoint
     "train.storage_path", "train.max_failures", "train.checkpoint_every", "serve.", "ablation.",
 )
 
@@ -546,6 +547,10 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
             log.info("final model: iteration %s, %s — %s", final["iteration"], final["model_dir"], final["reason"])
 
         # The test sets (eval.data), only now: the untrained model and every trained iteration, for the report.
+        # First how many test items the pool already holds (toolace_r.leaks): the report shows it beside them.
+        from toolace_r.leaks import leak_stage
+
+        stage("leaks", lambda: leak_stage(cfg, pool))
         stage("baseline/eval", lambda: eval_stage(cfg, base_model, run_dir / "baseline"))
         for it, model_dir in sorted(models.items()):
             if cfg.run.test_every_iteration or (final and it == final["iteration"]):
@@ -587,6 +592,9 @@ def format_summary(report: dict) -> str:
         label = f"{e['iteration']}{' *' if e.get('final') else '  '}"
         lines.append(f"{label:>11} {ci(dev, metric):>{w}} {ci(ev, 'accuracy'):>{w}} {ci(ev, 'refined_accuracy'):>{w}} "
                      f"{rounds:>6} {e['selected'] or 0:>8} {e['refine_samples'] or 0:>6} {sum(e['wall_s'].values()):>7.1f}")
+    from toolace_r.report import format_leaks_and_summaries
+
+    extras = format_leaks_and_summaries(report)  # per-iteration benchmark summaries, the leak check (report.py)
     if final:
         lines.append(f"\n* final model: {final.get('reason')}")
         vs = final.get("test_vs_baseline") or {}
@@ -595,7 +603,7 @@ def format_summary(report: dict) -> str:
             if t:
                 lines.append(f"  test vs untrained, {label}: {t['diff']:+.3f} ({t['a_only']} items only the untrained "
                              f"model gets right, {t['b_only']} only the final one; exact McNemar p = {t['p_value']:.3g})")
-    return "\n".join(lines)
+    return "\n".join(lines + ([f"\n{extras}"] if extras else []))
 
 
 def run_command(args, cfg: Config) -> int:

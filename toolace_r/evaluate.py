@@ -19,6 +19,10 @@ leaderboard's aggregation is computed apart, toolace_r.bfcl_summary, printed aft
 
 `--model oracle:gold` scores the ground truths themselves as outputs through the same pipeline: a harness check that
 must come out at (nearly) 100 % — anything less is a checker, reader or data problem, never a model one.
+`--model openai:URL[#name]` asks a served model instead (toolace_r.endpoint: one request per item, in-process on a
+thread pool, single pass; the same judge). `--pool [PATH]` first counts the test items that also occur in the pool
+(toolace_r.leaks) and writes the counts to metrics.json under `leaks`. The printed table (toolace_r.tables) gives
+every figure with its 95 % interval.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ OUTPUT_COLUMNS = ("id", "group", "category", "first_answer", "answer", "valid", 
 class EvalActor:
     """One Ray Data actor: loads the model once; a batch of sample rows → one output row per sample."""
 
-    def __init__(self, model_path: str, style: str, settings: dict[str, Any]):
+    def __init__(self, model_path: str, style: str, settings: dict[str, Any], endpoint: Any = None):
         from toolace_r.generation import pin_torch_threads
 
         threads = float(settings.get("torch_threads") or 0)
@@ -54,7 +58,8 @@ class EvalActor:
             pin_torch_threads(threads)
         self.style, self.settings = style, dict(settings)
         self.model = self.tokenizer = None
-        if model_path != ORACLE:
+        self.endpoint = endpoint  # toolace_r.endpoint.EndpointModel for `openai:URL`: the server answers
+        if model_path != ORACLE and endpoint is None:
             from toolace_r import storage
             from toolace_r.models import load_model
 
@@ -65,6 +70,8 @@ class EvalActor:
 
     def answer(self, samples: list[Sample]) -> list[dict[str, Any]]:
         """Each sample's first and final answer, rounds, tokens, forward passes."""
+        if self.endpoint is not None:
+            return self.endpoint.answer(samples)
         if self.model is None:
             from toolace_r.data.prompts import render_answer
 
@@ -104,8 +111,13 @@ class EvalActor:
         out: dict[str, list] = {c: [] for c in OUTPUT_COLUMNS}
         decoder = self.settings["decoder"]
         for row, sample, ans in zip(rows, samples, answers):
-            # Sample.verdict: the AST checker on the truth, or the item's benchmark rule (ACEBench scores by its own)
-            first, final = sample.verdict(ans["first_answer"], decoder), sample.verdict(ans["answer"], decoder)
+            if "judged" in ans:  # an endpoint's reply: its tool_calls judged as structured calls (one pass)
+                from toolace_r.endpoint import judge
+
+                first = final = judge(sample, ans.pop("judged"), ans["answer"], decoder)
+            else:
+                # Sample.verdict: the AST checker on the truth, or the item's benchmark rule (ACEBench's own)
+                first, final = sample.verdict(ans["first_answer"], decoder), sample.verdict(ans["answer"], decoder)
             # valid_by_round[r-1]: correct had refinement been capped at r rounds (greedy refinement up to r is the
             # same computation; an item that stopped earlier keeps its last answer).
             verdicts = {ans["first_answer"]: first.valid, ans["answer"]: final.valid}
@@ -205,13 +217,18 @@ def benchmark_summaries(specs: list[str], result: dict[str, dict[str, Any]]) -> 
     from toolace_r.bfcl_summary import bfcl_summary, guess_version, scores_from_result
     from toolace_r.data.acebench import acebench_summary
     from toolace_r.data.bfcl_dir import spec_version
+    from toolace_r.tables import add_acebench_intervals, apibank_summary
 
     out: dict[str, dict[str, Any]] = {}
     for spec in specs:
         if spec.split(":", 1)[0] == "acebench":  # ACEBench's normal / special averages (toolace_r.data.acebench)
             ace = acebench_summary(result, "" if len(specs) == 1 else "acebench/")
             if ace:
-                out["acebench"] = ace
+                out["acebench"] = add_acebench_intervals(ace)
+        if spec.split(":", 1)[0] == "apibank":  # level-1 and level-2, reported apart (toolace_r.tables)
+            bank = apibank_summary(result, "" if len(specs) == 1 else "apibank/")
+            if bank:
+                out["apibank"] = bank
         if spec.split(":", 1)[0] != "bfcl":
             continue
         single, refined = scores_from_result(result, "" if len(specs) == 1 else "bfcl/")
@@ -221,40 +238,44 @@ def benchmark_summaries(specs: list[str], result: dict[str, dict[str, Any]]) -> 
 
 
 def format_summaries(summaries: dict[str, dict[str, Any]]) -> str:
-    from toolace_r.bfcl_summary import format_summary
-    from toolace_r.data.acebench import format_acebench
+    """The benchmark summary blocks alone (the part of format_table after the categories)."""
+    from toolace_r.tables import format_blocks
 
-    formats = {"bfcl": format_summary, "acebench": format_acebench}
-    return "\n\n".join(formats[s["benchmark"]](s) for s in summaries.values() if s.get("benchmark") in formats)
-
-
-def format_table(result: dict[str, dict[str, Any]]) -> str:
-    w = max([28] + [len(g) for g in result])  # ACEBench's names run to 44 characters (acebench/normal_single_...)
-    head = f"{'category':<{w}} {'n':>5} {'single':>7} {'refined':>8} {'rounds':>7} {'tokens':>8} {'time s':>8}"
-    lines = [head, "-" * len(head)]
-    for group, m in result.items():
-        if group == "overall":
-            lines.append("-" * len(head))
-        label = "overall (pooled samples)" if group == "overall" else group  # not a benchmark's own overall
-        lines.append(f"{label:<{w}} {m['n']:>5} {m['accuracy']:>7.1%} {m['refined_accuracy']:>8.1%} "
-                     f"{m['mean_rounds']:>7.2f} {m['tokens']:>8} {m['time_s']:>8.1f}")
-    return "\n".join(lines)
+    return "\n".join(format_blocks(summaries, "-" * 104))
 
 
-def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str) -> dict[str, dict[str, Any]]:
-    """Evaluate `model_path` (or ORACLE) on `specs`; write metrics.json + outputs.jsonl to out_dir; return
-    {category: {"n", "accuracy", "refined_accuracy", "mean_rounds", "tokens", "time_s", ...}, "overall": {...}}."""
+def format_table(result: dict[str, dict[str, Any]], summaries: dict[str, dict[str, Any]] | None = None) -> str:
+    """One table: every category (the last row pools every sample and is no benchmark's own overall), then each
+    benchmark's summary, single pass and refined, each figure with its 95 % interval (toolace_r.tables)."""
+    from toolace_r.tables import format_results
+
+    if summaries is None:
+        summaries = (result.get("overall") or {}).get("summaries") or {}
+    return format_results(result, summaries)
+
+
+def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
+             leaks: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate `model_path` (a model dir, ORACLE, or an endpoint `openai:URL[#name]`) on `specs`; write
+    metrics.json + outputs.jsonl to out_dir; return {category: {"n", "accuracy", "accuracy_ci95",
+    "refined_accuracy", "refined_accuracy_ci95", "mean_rounds", "tokens", "time_s", ...}, "overall": {...,
+    "summaries": each benchmark's own summary (benchmark_summaries)}}. `leaks` (toolace_r.leaks.check_leaks, when
+    the caller has the pool) is written to metrics.json beside the figures."""
     import ray
 
     from toolace_r.console import Progress
+    from toolace_r.endpoint import NOTE, EndpointModel, is_endpoint
     from toolace_r.probe import ensure_ray, prompt_style_for
     from toolace_r.raydata import batched_dataset
+    from toolace_r.tables import add_intervals
 
     ec = cfg.eval
     if ec.max_rounds < 1:
         raise ConfigError(f"eval.max_rounds must be >= 1, got {ec.max_rounds}")
     groups = load_groups(cfg, list(specs))
-    style = cfg.model.prompt_style if model_path == ORACLE else prompt_style_for(cfg, model_path)
+    endpoint = EndpointModel(model_path, cfg) if is_endpoint(model_path) else None
+    style = ("endpoint" if endpoint else cfg.model.prompt_style if model_path == ORACLE
+             else prompt_style_for(cfg, model_path))
     items = [dict(s.to_row(), group=group) for group, samples in groups.items() for s in samples]
     log.info("eval: %d samples in %d categories, model %s, style %s, %d actor(s)", len(items), len(groups),
              model_path, style, ec.num_actors)
@@ -265,14 +286,18 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str) -> di
         trust_remote_code=cfg.model.trust_remote_code, torch_threads=max(1.0, ec.cpus_per_actor),
     )
     start = time.perf_counter()
-    if ec.num_actors <= 0:  # in-process: debugging, notebooks, benchmarks that time the model itself
-        actor = EvalActor(model_path, style, settings)
+    if ec.num_actors <= 0 or endpoint:  # in-process: debugging, benchmarks; an endpoint's thread pool asks the server
+        actor = EvalActor(model_path, style, settings, endpoint)
         outputs = []
-        with Progress("eval", len(items), "items") as bar:
-            for i in range(0, len(items), ec.batch_size):
-                batch = actor({c: [r[c] for r in items[i:i + ec.batch_size]] for c in items[0]})
-                outputs += [dict(zip(batch, vals)) for vals in zip(*batch.values())]
-                bar.update(len(batch["id"]))
+        try:
+            with Progress("eval", len(items), "items") as bar:
+                for i in range(0, len(items), ec.batch_size):
+                    batch = actor({c: [r[c] for r in items[i:i + ec.batch_size]] for c in items[0]})
+                    outputs += [dict(zip(batch, vals)) for vals in zip(*batch.values())]
+                    bar.update(len(batch["id"]))
+        finally:
+            if endpoint:
+                endpoint.close()
     else:
         ensure_ray(cfg)
         # Fixed batches of eval.batch_size items, one block each, outputs in input order (toolace_r.raydata): greedy
@@ -297,15 +322,24 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str) -> di
     outputs.sort(key=lambda r: (r["group"], r["id"]))
     if len(outputs) != len(items):
         raise DataError(f"eval: {len(items)} samples went in but {len(outputs)} results came back")
-    result = summarize(outputs)
+    result = add_intervals(summarize(outputs))
     result["overall"]["wall_s"] = round(wall, 3)
+    summaries = benchmark_summaries(list(specs), result)
     out = Path(out_dir)
     rio.write_jsonl(out / "outputs.jsonl", outputs)
-    rio.write_json(out / "metrics.json", {
+    metrics = {
         "model": model_path, "specs": list(specs), "decoder": ec.decoder, "max_rounds": ec.max_rounds,
         "prompt_style": style, "draft_verify": cfg.refine.draft_verify, "reuse_prefix": cfg.refine.reuse_prefix,
-        "results": result, "summaries": benchmark_summaries(list(specs), result),
-    })
+        "results": result, "summaries": summaries,
+    }
+    if endpoint:
+        metrics.update(max_rounds=1, endpoint={"base_url": endpoint.spec.base_url, "model": endpoint.model,
+                                               "extra_body": dict(ec.endpoint.extra_body or {}), "note": NOTE})
+    if leaks is not None:
+        metrics["leaks"] = leaks
+    rio.write_json(out / "metrics.json", metrics)
+    if summaries:
+        result["overall"]["summaries"] = summaries
     log.info("eval: %d samples in %.1f s → %s", len(outputs), wall, out)
     return result
 
@@ -316,23 +350,39 @@ def _plain(value: Any) -> Any:
 
 
 def eval_command(args: Any, cfg: Config) -> int:
-    """`toolace-r eval --model DIR --data SPEC... [--out DIR] [--decoder bfcl]`."""
+    """`toolace-r eval --model DIR|oracle:gold|openai:URL[#name] --data SPEC... [--out DIR] [--decoder bfcl]
+    [--pool [PATH]]`."""
+    from toolace_r.endpoint import NOTE, is_endpoint
+
     model = getattr(args, "model", None) or cfg.model.path
     if model == "tiny":
-        raise ConfigError("eval needs a model: --model DIR (or model.path=DIR), or --model oracle:gold to score the "
-                          "ground truths themselves")
+        raise ConfigError("eval needs a model: --model DIR (or model.path=DIR), --model openai:URL[#name] for a "
+                          "served one, or --model oracle:gold to score the ground truths themselves")
     looks_local = model.startswith(("/", ".", "~")) or Path(model).exists()
-    if model != ORACLE and looks_local and not Path(model).expanduser().is_dir():
+    if model != ORACLE and not is_endpoint(model) and looks_local and not Path(model).expanduser().is_dir():
         raise ConfigError(f"eval: model directory {model} does not exist")  # hub names pass through
     if getattr(args, "decoder", None):
         cfg.eval.decoder = args.decoder
     specs = list(getattr(args, "data", None) or cfg.eval.data)
     out = getattr(args, "out", None) or str(Path(cfg.run.dir) / "eval")
-    result = evaluate(cfg, model, specs, out)
+    leaks = None
+    pool = getattr(args, "pool", None)
+    if pool:  # before any figure is trusted: which test items also occur in the pool (toolace_r.leaks)
+        from toolace_r.data.pool import load_pool
+        from toolace_r.leaks import check_leaks, format_leaks, leak_groups
+
+        if pool != POOL_FROM_CONFIG:
+            cfg.pool.path = pool
+        leaks = check_leaks(leak_groups(cfg, specs), load_pool(cfg.pool), cfg.eval.decoder)
+        leaks["pool"] = cfg.pool.path
+        print(format_leaks(leaks) + "\n")
+    result = evaluate(cfg, model, specs, out, leaks=leaks)
     print(format_table(result))
-    summaries = format_summaries(benchmark_summaries(specs, result))
-    if summaries:
-        print("\n" + summaries)
-    print(f"\nsingle = one pass; refined = adaptive self-refinement (≤ {cfg.eval.max_rounds} rounds); "
+    rounds = (NOTE if is_endpoint(model) else
+              f"single = one pass; refined = adaptive self-refinement (≤ {cfg.eval.max_rounds} rounds)")
+    print(f"\n{rounds}; 95 % intervals: Wilson for a category, normal from the categories' for a mean; "
           f"decoder {cfg.eval.decoder}; details in {out}/metrics.json and {out}/outputs.jsonl")
     return 0
+
+
+POOL_FROM_CONFIG = "config"  # `--pool` without a path: the job's pool section (pool.path, pool.format, ...)

@@ -19,7 +19,10 @@ report.json:
                      "counts": {"mastered", "learnable", "too_hard"} | null, "selected", "selected_total", "new_selected",
                      "refine_samples", "corpus_rows", "train": {"loss_first", "loss_last", "tokens_per_s", "train_tokens",
                      "steps", "wall_s"}, "wall_s": {stage: seconds}}, ...]}
-    EVAL = FIGURES + {"mean_rounds", "tokens", "time_s", "categories": {cat: FIGURES + {"mean_rounds"}}}
+    EVAL = FIGURES + {"mean_rounds", "tokens", "time_s", "categories": {cat: FIGURES + {"mean_rounds"}},
+            "summaries": {benchmark: its own summary, as `toolace-r eval` writes it to metrics.json} | null}
+    "leaks": the leak check of the test sets against the pool the loop trained on (toolace_r.leaks.check_leaks:
+             per test set n, same_request, same_request_and_calls, per category, examples) | null until it ran
     FIGURES = {"n", "accuracy", "accuracy_ci95": [lo, hi], "refined_accuracy", "refined_accuracy_ci95": [lo, hi],
                "refined_vs_single": PAIRED (a = single pass, b = adaptive refinement, same items) | null}
     PAIRED = {"n", "a_only", "b_only", "diff", "p_value"}: exact McNemar test (toolace_r.stats.mcnemar); a_only = items
@@ -114,7 +117,7 @@ def eval_summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
         if cat != "overall" and isinstance(m, dict)
     }
     return dict(figures(overall), mean_rounds=overall.get("mean_rounds"), tokens=overall.get("tokens"),
-                time_s=overall.get("time_s"), categories=categories)
+                time_s=overall.get("time_s"), categories=categories, summaries=overall.get("summaries"))
 
 
 def fmt_ci(value: float | None, ci: list[float] | None, digits: int = 3) -> str:
@@ -201,8 +204,77 @@ def build_report(state: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         "baseline": eval_summary(_result(stages, "baseline/eval")),
         "baseline_dev": eval_summary(_result(stages, "baseline/dev_eval")),
         "iterations": entries,
+        "leaks": _result(stages, "leaks"),
         "wall_s_total": round(sum(s.get("wall_s", 0.0) for s in stages.values()), 1),
     }
+
+
+# ------------------------------------------------------------------------------------ benchmark summaries, leaks
+def headline_figures(summaries: dict[str, Any] | None) -> list[tuple[str, dict | None, dict | None]]:
+    """A benchmark summary dict (metrics.json `summaries`) → its headline figures: (label, single, refined), each
+    {"accuracy", "ci95", ...} or None. BFCL: the leaderboard's groups; ACEBench: normal, special; API-Bank: levels."""
+    from toolace_r.bfcl_summary import LABELS
+
+    rows: list[tuple[str, dict | None, dict | None]] = []
+    for name, s in (summaries or {}).items():
+        single, refined = s.get("single") or {}, s.get("refined") or {}
+        if s.get("benchmark") == "bfcl":
+            keys = [k for k in LABELS if k in single and k != "simple"]
+            rows += [(f"BFCL v{s.get('version')} {LABELS[k].split(' (')[0]}", single[k], refined.get(k)) for k in keys]
+        elif s.get("benchmark") == "acebench":
+            rows += [(f"ACEBench {k}", single.get(k), refined.get(k)) for k in ("normal", "special")]
+        elif s.get("benchmark") == "apibank":
+            rows += [(f"API-Bank {k}", single.get(k), refined.get(k)) for k in single]
+    return rows
+
+
+def _fig_text(d: dict | None) -> str:
+    if not d:
+        return "–"
+    if d.get("accuracy") is None:
+        return "N/A (missing " + ", ".join(d.get("missing") or ["categories"]) + ")"
+    return fmt_ci(d["accuracy"], d.get("ci95"))
+
+
+def summary_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """[figure, model (untrained / iteration), single, refined] for every benchmark summary of the test sets."""
+    evals = [("untrained", report.get("baseline"))] + [
+        (f"{e['iteration']}{' ★' if e.get('final') else ''}", e.get("eval")) for e in report["iterations"]]
+    rows: list[list[Any]] = []
+    per_label: dict[str, list[list[Any]]] = {}
+    for model, ev in evals:
+        for label, single, refined in headline_figures((ev or {}).get("summaries")):
+            per_label.setdefault(label, []).append([label, model, _fig_text(single), _fig_text(refined)])
+    for group in per_label.values():
+        rows += group
+    return rows
+
+
+def format_leaks_and_summaries(report: dict[str, Any]) -> str:
+    """The console lines after the run's table: the benchmark summaries of the test sets per iteration (single |
+    refined, 95 % interval), then the leak check."""
+    from toolace_r.leaks import format_leaks
+
+    lines = []
+    rows = summary_rows(report)
+    if rows:
+        lines.append(f"{'test-set summary (95 % CI)':<34} {'model':>11} {'single':>21} {'refined':>21}")
+        for label, model, single, refined in rows:
+            lines.append(f"{label:<34} {model:>11} {single:>21} {refined:>21}")
+    leaks = format_leaks(report.get("leaks"))
+    return "\n".join(lines + ([""] if lines and leaks else []) + ([leaks] if leaks else []))
+
+
+def _leak_html(leaks: dict[str, Any] | None) -> str:
+    if not leaks:
+        return "<p>not run yet (it runs after the loop, before the test sets are evaluated)</p>"
+    rows = [[label, s["n"], s["same_request"], s["same_request_and_calls"],
+             ", ".join(f"{e['test']} = {e['pool']}" for e in s["examples"]) or None]
+            for label, s in leaks["sets"].items()]
+    return (f"<p>Test items that also occur in the pool the loop trained on ({leaks['pool_size']} samples). "
+            f"Request text compared after normalisation: {html.escape(leaks['normalization'])}; same calls: the "
+            f"pool item's gold calls pass the test item's own judge.</p>"
+            + _table(["test set", "n", "same request", "same request + same calls", "examples (test = pool)"], rows))
 
 
 # ---------------------------------------------------------------------------------------------------------- plots
@@ -366,6 +438,9 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     probe_table = _table(["iteration", "probed", "mean pass rate", "mastered", "learnable", "too hard"], probe_rows)
     stage_rows = [[e["iteration"], *[e["wall_s"].get(s) for s in ITER_STAGES]] for e in report["iterations"]]
     stage_table = _table(["iteration", *ITER_STAGES], stage_rows)
+    srows = summary_rows(report)
+    summaries = (_table(["figure", "model", "single [95 % CI]", "refined [95 % CI]"], srows) if srows
+                 else "<p>– (no benchmark test set: BFCL, API-Bank or ACEBench)</p>")
     imgs = "".join(f'<img alt="{k}" src="data:image/png;base64,{v}">' for k, v in plots.items())
     stopped = report.get("stopped")
     status = (f"stopped after iteration {stopped['iteration']}: {html.escape(stopped['reason'])}" if stopped
@@ -388,6 +463,8 @@ decided on (stopping, final model); test = eval.data, evaluated only after the l
 refined − single: accuracy gained by adaptive refinement on the test items (items only the single pass / only
 refinement gets right, exact McNemar p).</p>{main}
 <h2>Per category, test</h2>{category_table("eval", base)}
+<h2>Benchmark summaries of the test sets (as `toolace-r eval` prints them)</h2>{summaries}
+<h2>Leak check: test items in the training pool</h2>{_leak_html(report.get("leaks"))}
 <h2>Per category, dev</h2>{category_table("dev_eval", base_dev)}
 <h2>Probing (pool pass rates with the model entering the iteration)</h2>{probe_table}
 <h2>Wall time per stage (s)</h2>{stage_table}
