@@ -26,8 +26,10 @@ COMMANDS = {
     "base-model": ("toolace_r.base_model", "base_model_command",
                    "the warm tiny base model (model.path=tiny-base): shipped, cached, or pre-trained on the general corpus"),
     "ablate": ("toolace_r.ablation", "ablate_command", "run the ablation arms side by side and report"),
+    "plan": ("toolace_r.plan", "plan_command",
+             "per-GPU memory of every stage of a job from the model's config.json; what to change if one does not fit"),
 }
-TAKES_CONFIG = {"run", "probe", "select", "train", "eval", "serve", "tiny-model", "base-model", "ablate"}
+TAKES_CONFIG = {"run", "probe", "select", "train", "eval", "serve", "tiny-model", "base-model", "ablate", "plan"}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -63,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["check"].add_argument("--input", required=True, help="cases JSONL")
     parsers["check"].add_argument("--output", help="verdicts JSONL (default: stdout)")
     parsers["check"].add_argument("--decoder", choices=["lenient", "bfcl"], default="lenient")
+    for name in ("plan", "run"):  # the memory plan; `run` checks it first
+        parsers[name].add_argument("--gpu-memory", type=float, metavar="GB",
+                                   help="memory of one GPU in GiB (default: this machine's GPU 0; CPU stages use RAM)")
+        parsers[name].add_argument("--model-config", metavar="PATH",
+                                   help="the model's config.json (or its dir) when model.path is a hub name without a "
+                                        "built-in shape (toolace_r/plan/shapes.py)")
+    parsers["plan"].add_argument("--prompt-tokens", type=int, metavar="N",
+                                 help="longest prompt for the KV-cache figures (default: train.max_length)")
+    parsers["run"].add_argument("--no-memory-check", action="store_true",
+                                help="start even if `toolace-r plan` says a stage cannot fit")
     parsers["tiny-model"].add_argument("--out", required=True, help="output model directory")
     parsers["base-model"].add_argument("--out", help="also copy the model dir here")
     parsers["base-model"].add_argument("--rebuild", action="store_true", help="pre-train anew even if cached")
@@ -98,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             from toolace_r.config import load_config
 
             cfg = load_config(args.config, args.overrides)
+        if args.command == "run":  # refuse a job a stage of which cannot fit in memory, before anything launches
+            from toolace_r.plan import check_before_run
+
+            check_before_run(cfg, args)
         func = getattr(importlib.import_module(module_name), func_name)
         return int(func(args, cfg) or 0)
     except ToolaceError as err:
