@@ -433,12 +433,13 @@ def fake_stages(monkeypatch):
     monkeypatch.setattr(evaluate_mod, "evaluate", evaluate)
     monkeypatch.setattr(probe_mod, "read_probe", lambda path: rio.read_json(path))
     monkeypatch.setattr(driver, "init_ray", lambda cfg: False)
-    monkeypatch.setattr(driver, "base_model_stage", lambda cfg, pool, run_dir: {"model_dir": "base", "built": False})
+    monkeypatch.setattr(driver, "base_model_stage",
+                        lambda cfg, pool, run_dir, publish=str: {"model_dir": "base", "built": False})
     monkeypatch.setattr(driver, "probe_stage", probe_stage)
     monkeypatch.setattr(driver, "select_stage", select_stage)
     monkeypatch.setattr(driver, "corpus_stage", lambda cfg, by_id, rows, ids, style, out: {
         "path": str(out / "corpus.jsonl"), "rows": len(ids), "kinds": {"direct": len(ids)}, "refine_samples": 0})
-    monkeypatch.setattr(driver, "train_stage", lambda cfg, model_dir, corpus, out: {
+    monkeypatch.setattr(driver, "train_stage", lambda cfg, model_dir, corpus, out, shared_out="": {
         "model_dir": str(out / "model"), "train_tokens": 100, "steps": 1, "loss_first": 2.0, "loss_last": 1.0})
     monkeypatch.setattr(driver, "stop_after_eval", stop_after_eval)
     monkeypatch.setattr(driver, "write_report", lambda run_dir: write_report(run_dir, plots=False))

@@ -112,3 +112,57 @@ def test_ray_train_checkpoints_land_at_a_file_uri(ray_local, tmp_path):
     ckpt = Path(result.checkpoint.path)
     assert ckpt.is_relative_to(tmp_path / "train_storage")
     assert (ckpt / "weights.txt").read_text() == "step-1"
+
+
+def test_pull_leaves_model_dirs_and_checkpoints_in_the_store(fake_store, tmp_path):
+    """A resumed driver gets back the small files it reads itself; model dirs and Ray Train checkpoints stay in the
+    store (workers localize them), wherever they sit in the tree."""
+    import shutil
+
+    bucket = fake_store / "bucket/runs/demo"
+    for name in ("state.json", "iter_000/corpus.jsonl", "iter_000/probe/part-0.parquet", "base_model/config.json",
+                 "iter_000/model/model.safetensors", "iter_000/ray_train/run-1/checkpoint_000000/ds/x.pt",
+                 "iter_000/model_notes.txt"):
+        (bucket / name).parent.mkdir(parents=True, exist_ok=True)
+        (bucket / name).write_text(name)
+    run = storage.RunDir("fake://bucket/runs/demo")
+    assert run.pull() is True
+    pulled = sorted(str(p.relative_to(run.local)) for p in run.local.rglob("*") if p.is_file())
+    assert pulled == ["iter_000/corpus.jsonl", "iter_000/model_notes.txt", "iter_000/probe/part-0.parquet",
+                      "state.json"]
+    shutil.rmtree(run.local)
+
+
+def test_shared_names_and_publish_a_dir_for_every_node(fake_store, tmp_path):
+    run = storage.RunDir("fake://bucket/runs/demo")
+    assert run.shared(run.local / "iter_001") == "fake://bucket/runs/demo/iter_001"
+    with pytest.raises(ConfigError, match="not inside the run dir's local mirror"):
+        run.shared(tmp_path / "elsewhere")
+    (run.local / "base_model").mkdir()
+    (run.local / "base_model" / "config.json").write_text("{}")
+    assert run.publish(run.local / "base_model") == "fake://bucket/runs/demo/base_model"
+    assert (fake_store / "bucket/runs/demo/base_model/config.json").read_text() == "{}"
+    assert not (run.local / "base_model").exists()  # a push would otherwise upload it after every stage
+
+    local = storage.RunDir(tmp_path / "runs" / "x")  # local (or a shared mount): the path is the shared name
+    (local.local / "base_model").mkdir()
+    assert local.publish(local.local / "base_model") == str(tmp_path / "runs/x/base_model")
+    assert (local.local / "base_model").is_dir()
+
+
+def test_small_files_and_ray_train_storage_through_the_store(fake_store, tmp_path):
+    (fake_store / "bucket/m").mkdir(parents=True)
+    (fake_store / "bucket/m/toolace_r.json").write_text('{"prompt_style": "signature"}')
+    assert storage.read_text("fake://bucket/m/toolace_r.json") == '{"prompt_style": "signature"}'
+    assert storage.read_text("fake://bucket/m/missing.json") is None
+    kwargs = storage.ray_train_storage("fake://bucket/runs/x/ray_train")
+    assert kwargs["storage_path"] == "bucket/runs/x/ray_train"
+    assert isinstance(kwargs["storage_filesystem"], pyarrow.fs.SubTreeFileSystem)
+
+    from toolace_r.config import load_config
+    from toolace_r.probe import prompt_style_for
+
+    cfg = load_config(None, ["model.prompt_style=compact"])
+    assert prompt_style_for(cfg, "fake://bucket/m") == "signature"  # read from the store...
+    assert not (tmp_path / "cache" / "models").exists()  # ...without downloading the model dir
+    assert prompt_style_for(cfg, "fake://bucket/other") == "compact"

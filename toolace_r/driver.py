@@ -342,10 +342,11 @@ def load_pool_stage(cfg: Config, state: RunState, run_dir: Path) -> tuple[list[S
     return pool, dev
 
 
-def base_model_stage(cfg: Config, pool: list[Sample], run_dir: Path) -> dict:
+def base_model_stage(cfg: Config, pool: list[Sample], run_dir: Path,
+                     publish: Callable[[Path], str] = str) -> dict:
     """model.path; "tiny-base" = the warm tiny base model (shipped, cached or pre-trained on the general corpus:
     toolace_r.base_model); "tiny" = a randomly initialised tiny Llama with a tokenizer trained on the pool text,
-    built into RUN_DIR/base_model."""
+    built into RUN_DIR/base_model and `publish`ed (storage.RunDir.publish: the name every node reads it by)."""
     if cfg.model.path == "tiny-base":
         from toolace_r.base_model import base_spec, check_disjoint, resolve_base_model, spec_hash
 
@@ -359,13 +360,14 @@ def base_model_stage(cfg: Config, pool: list[Sample], run_dir: Path) -> dict:
     out = run_dir / "base_model"
     shutil.rmtree(out, ignore_errors=True)
     build_tiny_model(out, pool_texts(pool, cfg.model.prompt_style), cfg.model.tiny, cfg.model.prompt_style)
-    return {"model_dir": str(out), "built": True}
+    return {"model_dir": publish(out), "built": True}
 
 
 def prompt_style(cfg: Config, model_dir: str) -> str:
-    from toolace_r.models import read_meta
+    """The model's own prompt style (its toolace_r.json, read from the store for a URI), else model.prompt_style."""
+    from toolace_r.probe import prompt_style_for
 
-    return read_meta(model_dir).get("prompt_style", cfg.model.prompt_style) if os.path.isdir(model_dir) else cfg.model.prompt_style
+    return prompt_style_for(cfg, model_dir)
 
 
 def summarize_probe(rows: list[dict]) -> dict:
@@ -433,12 +435,14 @@ def corpus_stage(cfg: Config, by_id: dict[str, Sample], rows: list[dict], ids: l
             "refine_samples": len(corpus) - kinds.get("direct", 0)}
 
 
-def train_stage(cfg: Config, model_dir: str, corpus_path: str, out: Path) -> dict:
+def train_stage(cfg: Config, model_dir: str, corpus_path: str, out: Path, shared_out: str = "") -> dict:
+    """→ out/model, out/metrics.jsonl (per step); keyed by run dir and stage, so a rerun after a kill mid-training
+    resumes from the stage's last Ray Train checkpoint. `shared_out`: out's URI when the run dir is remote (the
+    model and the checkpoints then live there, not in the driver's mirror: train's `shared_out`)."""
     from toolace_r.train import train
 
-    # → out/model, out/metrics.jsonl (per step); keyed by run dir and stage, so a rerun after a kill mid-training
-    # resumes from the stage's last Ray Train checkpoint
-    metrics = train(cfg, model_dir, corpus_path, str(out), resume_key=f"{out.parent.name}/{out.name}/train")
+    extra = {"shared_out": shared_out} if shared_out else {}
+    metrics = train(cfg, model_dir, corpus_path, str(out), resume_key=f"{out.parent.name}/{out.name}/train", **extra)
     if (out / "metrics.jsonl").is_file():
         rio.write_text(out / "train_metrics.jsonl", (out / "metrics.jsonl").read_text())
     log.info("train: %s steps, loss %.3f → %.3f, %.0f tokens/s, model → %s", metrics.get("steps"),
@@ -495,7 +499,9 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
         pool, dev = load_pool_stage(cfg, state, run_dir)
         dev_spec = str(run_dir / DEV_FILE) if dev else None
         by_id = {s.id: s for s in pool}
-        model = stage("base_model", lambda: base_model_stage(cfg, pool, run_dir))["model_dir"]
+        # Every model dir handed to actors and train workers is named the way every node reads it: a path of a local
+        # (or shared-mount) run dir, the run dir's URI for a remote one (the dir lives in the store, see storage.py)
+        model = stage("base_model", lambda: base_model_stage(cfg, pool, run_dir, location.publish))["model_dir"]
         base_model = model
         if dev_spec:  # where the dev curve starts; not a candidate for the final model (choose_final_model)
             stage("baseline/dev_eval", lambda: eval_stage(cfg, base_model, run_dir / "baseline", dev_spec))
@@ -527,7 +533,9 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
             corpus = stage(iter_key(iteration, "corpus"),
                            lambda: corpus_stage(cfg, by_id, rows, ids, style, it_dir))
             start_from = model if cfg.train.init == "continue" else base_model  # "base": STaR-style restart
-            trained = stage(iter_key(iteration, "train"), lambda: train_stage(cfg, start_from, corpus["path"], it_dir))
+            shared_it = location.shared(it_dir) if location.remote else ""
+            trained = stage(iter_key(iteration, "train"),
+                            lambda: train_stage(cfg, start_from, corpus["path"], it_dir, shared_it))
             model = models[iteration] = trained["model_dir"]
             if dev_spec:
                 dev_results[iteration] = stage(iter_key(iteration, "dev_eval"),

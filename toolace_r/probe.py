@@ -151,9 +151,14 @@ def _samples_from_table(batch: pa.Table) -> list[Sample]:
 
 
 def prompt_style_for(cfg: Config, model_path: str) -> str:
-    """The style the model was trained with (its toolace_r.json), else the configured one."""
-    from toolace_r.models import read_meta
+    """The style the model was trained with (its toolace_r.json), else the configured one. A model dir in object
+    storage (a remote run dir's) has its toolace_r.json read from there, not the whole dir downloaded."""
+    from toolace_r import storage
+    from toolace_r.models import META_FILE, read_meta
 
+    if storage.scheme(model_path):
+        text = storage.read_text(storage.join(model_path, META_FILE))
+        return json.loads(text).get("prompt_style", cfg.model.prompt_style) if text else cfg.model.prompt_style
     if Path(model_path).is_dir():
         return read_meta(model_path).get("prompt_style", cfg.model.prompt_style)
     return cfg.model.prompt_style

@@ -15,6 +15,12 @@ do not offer. So a remote location is used through a *local mirror*:
 - `ray_train_storage(uri)` gives the `storage_path` / `storage_filesystem` pair for Ray Train's `RunConfig`, which
   reads and writes object stores itself.
 
+What crosses processes is always a location every node can resolve: the driver hands actors and train workers
+`RunDir.shared(path)` (the run dir's URI for a path in the mirror), never a path inside its own mirror. Model dirs
+and Ray Train checkpoints of a remote run dir live in the store only (written there, `localize`d by readers): the
+mirror holds the small files the driver itself reads and writes, and `pull()` leaves the heavy dirs (SKIP_ON_PULL)
+in the store.
+
 Nothing here touches the network for a local path; for s3:// pyarrow resolves the bucket region on first use.
 """
 from __future__ import annotations
@@ -38,6 +44,9 @@ log = logging.getLogger(__name__)
 # Where remote run dirs and model dirs are mirrored on a node. Override with TOOLACE_CACHE_DIR (e.g. a local NVMe).
 CACHE_ENV = "TOOLACE_CACHE_DIR"
 _MARKER = ".toolace_complete"  # written last into a localized model dir: a half-downloaded dir is never used
+# Dirs of a remote run dir that only workers read (through localize / Ray Train): a resumed driver does not download
+# them into its mirror (an 8B model dir is 16 GB, a ZeRO checkpoint with optimizer states several times that).
+SKIP_ON_PULL = frozenset({"model", "base_model", "ray_train"})
 
 
 def scheme(uri: str | os.PathLike) -> str:
@@ -128,8 +137,9 @@ def exists(uri: str | os.PathLike) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
-def copy_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy a directory tree between any two locations (local ↔ remote), overwriting files of the same name."""
+def copy_dir(src: str | os.PathLike, dst: str | os.PathLike, skip: frozenset[str] = frozenset()) -> None:
+    """Copy a directory tree between any two locations (local ↔ remote), overwriting files of the same name.
+    `skip`: directory names left out wherever they occur in the tree."""
     import pyarrow.fs
 
     src_fs, src_path = filesystem(src)
@@ -137,7 +147,29 @@ def copy_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     if src_fs.get_file_info(src_path).type != pyarrow.fs.FileType.Directory:
         raise ConfigError(f"{src}: not a directory")
     dst_fs.create_dir(dst_path, recursive=True)
-    pyarrow.fs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
+    if not skip:
+        pyarrow.fs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
+        return
+    base = src_path.rstrip("/")
+    for info in src_fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True)):
+        rel = info.path[len(base):].lstrip("/")
+        if info.type != pyarrow.fs.FileType.File or skip.intersection(rel.split("/")[:-1]):
+            continue
+        target = f"{dst_path.rstrip('/')}/{rel}"
+        dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        pyarrow.fs.copy_files(info.path, target, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+def read_text(uri: str | os.PathLike) -> str | None:
+    """The text of one small file at a path or URI (a model dir's toolace_r.json), None when it does not exist:
+    the driver reads such files from the store without downloading the model dir around them."""
+    import pyarrow.fs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode("utf-8")
 
 
 def localize(uri: str | os.PathLike) -> str:
@@ -187,11 +219,34 @@ class RunDir:
     def uri(self, *parts: str) -> str:
         return join(self.location, *parts)
 
+    def shared(self, path: str | os.PathLike) -> str:
+        """How other nodes name `path`, a file or dir inside `.local`: the run dir's URI for it when remote, the
+        path itself when local (a shared mount is the same path everywhere)."""
+        path = Path(path).resolve()
+        if not self.remote:
+            return str(path)
+        try:
+            rel = path.relative_to(self.local.resolve())
+        except ValueError:
+            raise ConfigError(f"{path} is not inside the run dir's local mirror {self.local}") from None
+        return self.uri(*rel.parts)
+
+    def publish(self, path: str | os.PathLike) -> str:
+        """Make a dir the driver wrote inside `.local` (a model dir) readable by every node and return the name
+        they read it by: a local run dir is already shared; a remote one gets the dir uploaded and dropped from the
+        mirror (pushing the mirror would upload it again after every stage, and only workers read it)."""
+        uri = self.shared(path)
+        if self.remote:
+            copy_dir(path, uri)
+            shutil.rmtree(path)
+        return uri
+
     def pull(self) -> bool:
-        """Bring an earlier attempt's files into the local mirror. True when the remote dir existed."""
+        """Bring an earlier attempt's files into the local mirror, leaving SKIP_ON_PULL dirs (model dirs, Ray Train
+        checkpoints) in the store: workers read those from there. True when the remote dir existed."""
         if not self.remote or not exists(self.location):
             return False
-        copy_dir(self.location, self.local)
+        copy_dir(self.location, self.local, skip=SKIP_ON_PULL)
         return True
 
     def push(self) -> None:

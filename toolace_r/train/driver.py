@@ -72,7 +72,7 @@ def run_name_for(resume_key: str, cfg: Config, model_ref: str, rows: list[dict],
 
 
 def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *, resume_key: str = "",
-          fail_once_at_step: int = 0) -> dict:
+          shared_out: str = "", fail_once_at_step: int = 0) -> dict:
     """Fine-tune `model_path` on training rows with Ray Train + DeepSpeed; the model lands in OUT/model.
 
     Returns model_dir, steps, loss_first, loss_last (means of the first/last few steps), tokens_per_s (real tokens
@@ -85,14 +85,21 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     `fail_once_at_step` makes the last worker raise once after that step (fault-tolerance tests): a marker file in
     OUT records that it happened, so the restarted attempt trains through.
 
-    On a multi-node cluster, `model_path` must be readable on every node (shared disk or hub name) and
-    train.storage_path must be shared storage (NFS, s3://...): checkpoints and the final model travel through it,
-    so OUT only has to exist on the driver. OUT/metrics.jsonl is also written live by rank 0 when OUT is reachable.
+    On a multi-node cluster, `model_path` must be readable on every node (a shared path, a hub name or a URI that
+    the workers `storage.localize`) and train.storage_path must be shared storage (NFS, s3://...): checkpoints and
+    the final model travel through it, so OUT only has to exist on the driver.
+    `shared_out`: OUT's location in object storage when OUT is the driver's mirror of a remote run dir
+    (storage.RunDir.shared). Then Ray Train's storage defaults to SHARED_OUT/ray_train, the model is written to
+    SHARED_OUT/model (and `model_dir` is that URI: what probe, eval and the next training read, via
+    storage.localize) and not into OUT, and rank 0 writes the live metrics and progress files only when it runs on
+    the driver's node (elsewhere OUT would be a stray dir on another machine); the final metrics reach OUT through
+    the last checkpoint either way.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from toolace_r import storage
     from toolace_r.io import write_json, write_text
 
     t_start = time.time()
@@ -123,10 +130,12 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     # Worker i gets rows [i·n/w, (i+1)·n/w) of `rows` in this order (_presplit: split_at_indices, independent of the
     # block layout), and reads them in order: the same config trains on the same micro-batches on every run.
     dataset.context.execution_options.preserve_order = True
-    storage = Path(tcfg.storage_path).resolve() if tcfg.storage_path and "://" not in tcfg.storage_path else None
-    storage_path = tcfg.storage_path if tcfg.storage_path and storage is None else str(storage or out / "ray_train")
-    if resume_key:
-        run_name = run_name_for(resume_key, cfg, model_ref, rows, out)
+    remote_out = bool(shared_out) and storage.is_remote(shared_out)
+    # train.storage_path, else beside the stage's output: in the store for a remote run dir, never in the mirror
+    storage_path = storage.normalize(tcfg.storage_path) if tcfg.storage_path else \
+        storage.join(shared_out, "ray_train") if remote_out else str(out / "ray_train")
+    if resume_key:  # a remote run dir is named by its URI: a driver on another node (another mirror) resumes it too
+        run_name = run_name_for(resume_key, cfg, model_ref, rows, shared_out if remote_out else out)
     else:  # a fresh name: a reused one would resume that run
         run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     resources = {"CPU": tcfg.cpus_per_worker}
@@ -136,6 +145,7 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
         _train_worker,
         train_loop_config={
             "cfg": cfg, "model_path": model_ref, "out_dir": str(out),
+            "out_node": ray.get_runtime_context().get_node_id() if remote_out else "",  # OUT is this node's mirror
             "fail_once_at_step": fail_once_at_step, "fail_marker": str(out / ".injected_failure") if fail_once_at_step else "",
         },
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
@@ -143,7 +153,7 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
         torch_config=TorchConfig(backend="nccl" if tcfg.use_gpu else "gloo"),
         datasets={"train": dataset},
         dataset_config=_presplit(dataset, tcfg.num_workers),
-        run_config=RunConfig(name=run_name, storage_path=storage_path,
+        run_config=RunConfig(name=run_name, **storage.ray_train_storage(storage_path),
                              failure_config=FailureConfig(max_failures=tcfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
@@ -162,17 +172,22 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     model_dir = out / "model"
     with result.checkpoint.as_directory() as ckpt_dir:
         ckpt = Path(ckpt_dir)
-        staging = out / f".model.{uuid.uuid4().hex[:6]}"
-        shutil.copytree(ckpt / HF_SUBDIR, staging)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        os.replace(staging, model_dir)
+        if remote_out:  # the store is where every node reads it; the stage is recorded only after this returns
+            model_uri = storage.join(shared_out, "model")
+            storage.copy_dir(ckpt / HF_SUBDIR, model_uri)
+            shutil.rmtree(model_dir, ignore_errors=True)  # an older local copy would be pushed over it
+        else:
+            staging = out / f".model.{uuid.uuid4().hex[:6]}"
+            shutil.copytree(ckpt / HF_SUBDIR, staging)
+            if model_dir.exists():
+                shutil.rmtree(model_dir)
+            os.replace(staging, model_dir)
         write_text(out / METRICS_FILE, (ckpt / METRICS_FILE).read_text())
         final = json.loads((ckpt / FINAL_MARK).read_text())
     records = [json.loads(x) for x in (out / METRICS_FILE).read_text().splitlines() if x]
     k = max(1, min(5, len(records) // 4))
     summary = {
-        "model_dir": str(model_dir),
+        "model_dir": model_uri if remote_out else str(model_dir),
         "steps": int(final["step"]),
         "loss_first": _mean([r["loss"] for r in records[:k]]),
         "loss_last": _mean([r["loss"] for r in records[-k:]]),
@@ -185,6 +200,7 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
         "loop_s": final["loop_s"],
         "cpu_s": final["cpu_s"],
         "restarts": final["attempt"],
+        "peak_gpu_bytes": int(final.get("peak_gpu_bytes", 0)),
         "zero_stage": tcfg.zero_stage,
         "num_workers": tcfg.num_workers,
         "ray_train_path": f"{storage_path}/{run_name}",
@@ -192,7 +208,7 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     write_json(out / "train_summary.json", summary)
     log.info("trained %d steps: loss %.4f → %.4f, %.0f tok/s, padding %.1f%%, model at %s", summary["steps"],
              summary["loss_first"], summary["loss_last"], summary["tokens_per_s"], 100 * summary["padding_fraction"],
-             model_dir)
+             summary["model_dir"])
     return summary
 
 

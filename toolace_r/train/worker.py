@@ -119,8 +119,11 @@ def _train_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from toolace_r.generation import pin_torch_threads
-    from toolace_r.models import load_tokenizer
+    from toolace_r.models import load_tokenizer, resolve_model_path
 
+    # A model dir in object storage (a remote run dir's iter_NNN/model) is read from this node's cached copy; the
+    # export reads the tokenizer and toolace_r.json from the same local dir.
+    config = {**config, "model_path": resolve_model_path(config["model_path"]), "model_ref": config["model_path"]}
     cfg: Config = config["cfg"]
     tcfg = cfg.train
     ctx = ray.train.get_context()
@@ -172,14 +175,16 @@ def _train_worker(config: dict) -> None:
         return
     start_step, totals, records, attempt = resumed
 
+    # Rank 0's live files in OUT; OUT that is the driver's mirror of a remote run dir exists on the driver's node only
+    writes_live = rank == 0 and config.get("out_node", "") in ("", ray.get_runtime_context().get_node_id())
     metrics_path = Path(config["out_dir"]) / METRICS_FILE
-    if rank == 0:
+    if writes_live:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    live = open(metrics_path, "a", encoding="utf-8") if rank == 0 else None
+    live = open(metrics_path, "a", encoding="utf-8") if writes_live else None
     progress_path = Path(config["out_dir"]) / PROGRESS_FILE
     last_progress = 0.0
-    if rank == 0:
+    if writes_live:
         _write_progress(progress_path, start_step, total_steps, attempt, None)
 
     precision = "bf16" if bf16 else "fp32 + bf16 autocast" if tcfg.precision == "amp_bf16" else "fp32"
@@ -234,11 +239,13 @@ def _train_worker(config: dict) -> None:
         }
         if rank == 0:
             records.append(record)
+        if live is not None:
             live.write(json.dumps(record) + "\n")
             live.flush()
             if time.monotonic() - last_progress >= 0.5 or done == total_steps:
                 _write_progress(progress_path, done, total_steps, attempt, record["loss"])
                 last_progress = time.monotonic()
+        if rank == 0:
             if done % log_every == 0 or done == total_steps or done == start_step + 1:
                 eta = totals.loop_s / max(1, done - 0) * (total_steps - done)
                 say(f"step {done}/{total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
@@ -247,7 +254,7 @@ def _train_worker(config: dict) -> None:
             _report_checkpoint(engine, done, totals, attempt, records if rank == 0 else None,
                                {"step": done, "loss": record["loss"]})
 
-    if rank == 0:
+    if live is not None:
         live.close()
     _export(engine, config, rank, total_steps, totals, attempt, int(counts[0]), records, bf16, say)
 
@@ -269,6 +276,8 @@ def _export(engine, config: dict, rank: int, total_steps: int, totals: _Totals, 
         "padding_fraction": totals.pad_tokens / max(1.0, totals.real_tokens + totals.pad_tokens),
         "train_tokens": int(totals.real_tokens), "target_tokens": int(totals.target_tokens),
         "loop_s": totals.loop_s, "cpu_s": totals.cpu_s, "attempt": attempt, "rows": n_rows,
+        # rank 0's peak of torch's allocator this attempt (benchmarks/gpu_smoke.py sets it beside the plan); 0 on CPU
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if tcfg.use_gpu and torch.cuda.is_available() else 0,
     }
     if rank == 0:
         hf_dir = save_hf_model(state_dict, config["model_path"], export_dir / HF_SUBDIR, lora=tcfg.lora,
@@ -278,7 +287,7 @@ def _export(engine, config: dict, rank: int, total_steps: int, totals: _Totals, 
 
         if not (hf_dir / "toolace_r.json").exists():
             write_meta(hf_dir, prompt_style=cfg.model.prompt_style)
-        write_meta(hf_dir, trained_from=str(config["model_path"]), train_steps=total_steps)
+        write_meta(hf_dir, trained_from=str(config.get("model_ref", config["model_path"])), train_steps=total_steps)
         (export_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
         (export_dir / FINAL_MARK).write_text(json.dumps(summary))
         say(f"done: {total_steps} steps, {summary['tokens_per_s']:,.0f} tok/s, padding {summary['padding_fraction']:.1%}")
