@@ -67,3 +67,33 @@ def test_the_base_never_sees_the_target_pools_domains():
         base_model.check_disjoint(load_config(ROOT / "jobs" / "demo.yaml", ["pool.builtin.domains=[shop,weather]"]))
     with pytest.raises(ConfigError, match="also in the target pool"):  # empty = every domain
         base_model.check_disjoint(load_config(ROOT / "jobs" / "demo.yaml", ["pool.builtin.domains=[]"]))
+
+
+def test_base_model_out_copy_gets_the_tool_template_and_the_shipped_dir_is_untouched(tmp_path):
+    """`toolace-r base-model --out DIR` is how a user gets tiny-base ready for vLLM: the copy's tokenizer carries the
+    tool chat template of its style, renders our prompts as the shipped dir does, and the shipped files stay as
+    they are."""
+    import argparse
+
+    from toolace_r.config import BuiltinPoolConfig
+    from toolace_r.data.chat_template import HEAD_MARK
+    from toolace_r.data.pool import load_builtin
+    from toolace_r.data.prompts import render_prompt
+    from toolace_r.models import load_tokenizer, read_meta
+
+    cfg = load_config(ROOT / "jobs" / "demo.yaml")
+    shipped = {p.name: p.read_bytes() for p in base_model.SHIPPED_DIR.iterdir() if p.is_file()}
+    assert base_model.base_model_command(argparse.Namespace(out=str(tmp_path / "tb"), rebuild=False), cfg) == 0
+    assert {p.name: p.read_bytes() for p in base_model.SHIPPED_DIR.iterdir() if p.is_file()} == shipped
+    assert (tmp_path / "tb" / "model.safetensors").read_bytes() == shipped["model.safetensors"]
+    style = read_meta(str(base_model.SHIPPED_DIR))["prompt_style"]
+    copy, original = load_tokenizer(str(tmp_path / "tb")), load_tokenizer(str(base_model.SHIPPED_DIR))
+    assert copy.chat_template.startswith(HEAD_MARK) and f"(prompt style {style})" in copy.chat_template
+    samples, _ = load_builtin(BuiltinPoolConfig(n_train=30, n_heldout=5, seed=2))
+    for s in samples:
+        prompt = render_prompt(original, s.tools, s.messages, style)
+        assert render_prompt(copy, s.tools, s.messages, style) == prompt
+        tools = [{"type": "function", "function": t} for t in s.tools]
+        served = copy.apply_chat_template(s.messages, tools=tools, add_generation_prompt=True, tokenize=True)
+        served = served["input_ids"] if hasattr(served, "keys") else served
+        assert list(served) == original(prompt, add_special_tokens=False)["input_ids"]

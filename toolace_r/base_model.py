@@ -229,14 +229,18 @@ def build_base_model(cfg: Config, out: Path, on_eval: Callable | None = None, ev
 
 def base_model_command(args, cfg: Config) -> int:
     """`toolace-r base-model [--config FILE] [--out DIR] [--rebuild] [model.base.*=...]`: print (and copy) the base
-    model dir for this config, building it first when neither the shipped nor a cached copy matches."""
+    model dir for this config, building it first when neither the shipped nor a cached copy matches. The --out copy
+    carries the tool chat template (toolace_r.data.chat_template), so it can be served by vLLM as it is."""
     if args.rebuild:
         path = build_base_model(cfg, cache_root() / f"{NAME}-{spec_hash(base_spec(cfg))}")
     else:
         path = resolve_base_model(cfg)
     if args.out:
+        from toolace_r.train.export import write_tool_template
+
         shutil.rmtree(args.out, ignore_errors=True)
         shutil.copytree(path, args.out)
-        path = Path(args.out)
+        # the copy is an export: it gets the tool chat template that vLLM/SGLang need (the shipped dir stays as is)
+        path = write_tool_template(args.out, cfg.model.prompt_style)
     print(f"base model ({spec_hash(base_spec(cfg))}): {path}")
     return 0

@@ -1,7 +1,9 @@
 """The end of a run: the trained weights as a plain Hugging Face model dir (ZeRO-3 weights gathered, LoRA merged).
 
 The export is what the rest of the loop reads (probe, eval, serve and the next iteration's training all load a model
-dir with the Auto classes: ARCHITECTURE.md's contract), so it needs neither DeepSpeed nor peft to load.
+dir with the Auto classes: ARCHITECTURE.md's contract), so it needs neither DeepSpeed nor peft to load. Its tokenizer
+carries the tool chat template (toolace_r.data.chat_template) of the prompt style it was trained with, so that vLLM or
+SGLang serving the dir with `--tool-call-parser pythonic` prompt it exactly as training did.
 """
 from __future__ import annotations
 
@@ -21,8 +23,12 @@ def gather_state_dict(engine, zero_stage: int) -> dict | None:
     return None
 
 
-def save_hf_model(state_dict: dict, base_path: str, out_dir: str | Path, lora=None, module=None, dtype=None) -> Path:
+def save_hf_model(state_dict: dict, base_path: str, out_dir: str | Path, lora=None, module=None, dtype=None,
+                  prompt_style: str | None = None) -> Path:
     """Write `state_dict` as a plain HF model dir + the base model's tokenizer and toolace_r.json.
+
+    The tokenizer's chat template becomes the tool chat template for the model's prompt style: the base dir's
+    toolace_r.json style (what the worker records for the export too), else `prompt_style`.
 
     With LoRA the state dict is the peft model's: it is loaded into a fresh peft wrapper of the base model and merged,
     so the export needs no peft to load. Without LoRA, `module.save_pretrained(state_dict=...)` writes it (the module
@@ -30,7 +36,7 @@ def save_hf_model(state_dict: dict, base_path: str, out_dir: str | Path, lora=No
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from toolace_r.models import META_FILE
+    from toolace_r.models import META_FILE, read_meta
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,11 +53,35 @@ def save_hf_model(state_dict: dict, base_path: str, out_dir: str | Path, lora=No
         if module is None:
             module = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
         module.save_pretrained(out, state_dict=state_dict)
-    AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    _set_tool_template(tokenizer, read_meta(base_path).get("prompt_style") or prompt_style)
+    tokenizer.save_pretrained(out)
     meta = Path(base_path) / META_FILE
     if meta.is_file():
         shutil.copy(meta, out / META_FILE)
     return out
+
+
+def _set_tool_template(tokenizer, style: str | None) -> None:
+    """Wrap the tokenizer's chat template for `style` (a base without a template, or no known style: left as is —
+    the project's own prompts need the base template anyway, and a guessed style would mislead a serving engine)."""
+    from toolace_r.data.chat_template import tool_chat_template
+
+    if style and isinstance(tokenizer.chat_template, str):
+        tokenizer.chat_template = tool_chat_template(tokenizer.chat_template, style)
+
+
+def write_tool_template(model_dir: str | Path, style: str | None = None) -> Path:
+    """Give an existing model dir (a copy of the base model, an older export) the tool chat template of its
+    toolace_r.json style (else `style`), re-saving only its tokenizer files."""
+    from transformers import AutoTokenizer
+
+    from toolace_r.models import read_meta
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    _set_tool_template(tokenizer, read_meta(str(model_dir)).get("prompt_style") or style)
+    tokenizer.save_pretrained(str(model_dir))
+    return Path(model_dir)
 
 
 def _peft_config(lora):

@@ -282,7 +282,7 @@ def _export(engine, config: dict, rank: int, total_steps: int, totals: _Totals, 
     if rank == 0:
         hf_dir = save_hf_model(state_dict, config["model_path"], export_dir / HF_SUBDIR, lora=tcfg.lora,
                                module=None if tcfg.lora.enabled else engine.module,
-                               dtype=torch.bfloat16 if bf16 else torch.float32)
+                               dtype=torch.bfloat16 if bf16 else torch.float32, prompt_style=cfg.model.prompt_style)
         from toolace_r.models import write_meta
 
         if not (hf_dir / "toolace_r.json").exists():
