@@ -35,7 +35,8 @@ from collections import Counter
 from typing import Any
 
 from toolace_r.calls.checker import Verdict, standardize_string
-from toolace_r.calls.syntax import SOURCE_NAME, _node_text, _short, safe_arith
+from toolace_r.calls.literals import LiteralReader, dotted_name
+from toolace_r.calls.syntax import SOURCE_NAME, _node_text, _short
 from toolace_r.errors import CallParseError
 
 # ACEBench's schema type → Python type table (checker.py PYTHON_TYPE_MAPPING; "number" is int there).
@@ -145,59 +146,25 @@ def decode(text: str) -> list[dict[str, dict[str, Any]]]:
         for element in body.elts:
             if not isinstance(element, ast.Call):
                 raise CallParseError(f"list element is not a call: {_node_text(element)}")
-            out.append(_call(element))
+            out.append({dotted_name(element.func): _READER.arguments(element)})
     except (RecursionError, MemoryError) as err:
         raise CallParseError(type(err).__name__) from None
     return out
 
 
-def _name(func: ast.expr) -> str:
-    parts = []
-    while isinstance(func, ast.Attribute):
-        parts.append(func.attr)
-        func = func.value
-    if isinstance(func, ast.Name):
-        parts.append(func.id)
-    return ".".join(reversed(parts))
+class _AceReader(LiteralReader):
+    """ACEBench's value reading (toolace_r.calls.literals has what it shares with BFCL's)."""
+
+    value_first = True
+
+    def call_without_keywords(self, node: ast.Call) -> dict[str, dict[str, Any]]:
+        return {dotted_name(node.func): {}}
+
+    def unsupported(self, node: ast.expr) -> str:
+        return f"Unsupported AST type: {type(node).__name__}"
 
 
-def _call(node: ast.Call) -> dict[str, dict[str, Any]]:
-    return {_name(node.func): {kw.arg: _value(kw.value) for kw in node.keywords}}
-
-
-def _value(node: ast.expr) -> Any:
-    if isinstance(node, ast.Constant):
-        return "..." if node.value is Ellipsis else node.value
-    if isinstance(node, ast.UnaryOp):
-        if not isinstance(node.operand, ast.Constant):
-            raise CallParseError(f"unary operator on a non-literal: {_node_text(node)}")
-        try:
-            return -node.operand.value
-        except TypeError:
-            raise CallParseError(f"cannot negate {_node_text(node.operand)}") from None
-    if isinstance(node, ast.List):
-        return [_value(e) for e in node.elts]
-    if isinstance(node, ast.Dict):
-        out = {}
-        for k, v in zip(node.keys, node.values):
-            if k is None:
-                raise CallParseError("dict unpacking is not a value")
-            try:
-                out[_value(k)] = _value(v)
-            except TypeError:
-                raise CallParseError(f"unhashable dict key {_node_text(k)}") from None
-        return out
-    if isinstance(node, ast.BinOp):
-        return safe_arith(node)
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Call):
-        return {_name(node.func): {}} if not node.keywords else _call(node)
-    if isinstance(node, ast.Tuple):
-        return tuple(_value(e) for e in node.elts)
-    if isinstance(node, ast.Subscript):
-        return ast.unparse(node.value) + "[" + ast.unparse(node.slice) + "]"
-    raise CallParseError(f"Unsupported AST type: {type(node).__name__}")
+_READER = _AceReader()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ such an output is a decode failure here. That is the one known divergence, and n
 from __future__ import annotations
 
 import ast
-from typing import Any
 
-from toolace_r.calls.syntax import SOURCE_NAME, Call, _node_text, safe_arith
+from toolace_r.calls.literals import LiteralReader, dotted_name
+from toolace_r.calls.syntax import SOURCE_NAME, Call, _node_text
 from toolace_r.errors import CallParseError
 
 
@@ -56,8 +56,8 @@ def decode_bfcl(text: str) -> list[Call]:
         for element in elements:
             if not isinstance(element, ast.Call):
                 raise CallParseError(f"BFCL decoder: list element is not a call: {_node_text(element)}")
-            name, args = _call(element)
-            calls.append({"name": name, "arguments": args})
+            # "" when the callee is neither a name nor an attribute chain, as in BFCL
+            calls.append({"name": dotted_name(element.func), "arguments": _READER.arguments(element)})
         return calls
     except CallParseError:
         raise
@@ -65,64 +65,23 @@ def decode_bfcl(text: str) -> list[Call]:
         raise CallParseError(f"BFCL decoder: {type(err).__name__}") from None
 
 
-def _call(node: ast.Call) -> tuple[str, dict[str, Any]]:
-    parts = []
-    func = node.func
-    while isinstance(func, ast.Attribute):
-        parts.append(func.attr)
-        func = func.value
-    if isinstance(func, ast.Name):
-        parts.append(func.id)
-    name = ".".join(reversed(parts))  # "" when the callee is neither a name nor an attribute chain, as in BFCL
-    args: dict[str, Any] = {}
-    for kw in node.keywords:  # positional args are ignored, as in BFCL
-        args["**" if kw.arg is None else kw.arg] = _value(kw.value)
-    return name, args
+class _BfclReader(LiteralReader):
+    """BFCL's value reading (toolace_r.calls.literals has what it shares with ACEBench's)."""
 
+    prefix = "BFCL decoder: "
+    unpacked_name = "**"
 
-def _value(node: ast.expr) -> Any:
-    if isinstance(node, ast.Constant):
-        return "..." if node.value is Ellipsis else node.value
-    if isinstance(node, ast.UnaryOp):
-        # BFCL negates the operand's literal whatever the operator; a non-literal operand or a non-number fails.
-        operand = node.operand
-        if not isinstance(operand, ast.Constant):
-            raise CallParseError(f"BFCL decoder: unary operator on a non-literal: {_node_text(node)}")
+    def call_without_keywords(self, node: ast.Call) -> str:
+        return self.unparse(node)
+
+    def unparse(self, node: ast.AST) -> str:
         try:
-            return -operand.value
-        except TypeError:
-            raise CallParseError(f"BFCL decoder: cannot negate {_node_text(operand)}") from None
-    if isinstance(node, ast.List):
-        return [_value(e) for e in node.elts]
-    if isinstance(node, ast.Dict):
-        out = {}
-        for k, v in zip(node.keys, node.values):
-            if k is None:
-                raise CallParseError("BFCL decoder: dict unpacking is not a value")
-            key = _value(k)
-            try:
-                out[key] = _value(v)
-            except TypeError:
-                raise CallParseError(f"BFCL decoder: unhashable dict key {_node_text(k)}") from None
-        return out
-    if isinstance(node, ast.BinOp):
-        return safe_arith(node)
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Call):
-        if not node.keywords:
-            return _unparse(node)
-        name, args = _call(node)
-        return {name: args}
-    if isinstance(node, ast.Tuple):
-        return tuple(_value(e) for e in node.elts)
-    if isinstance(node, ast.Subscript):
-        return _unparse(node.value) + "[" + _unparse(node.slice) + "]"
-    raise CallParseError(f"BFCL decoder: unsupported value {type(node).__name__}: {_node_text(node)}")
+            return ast.unparse(node)
+        except (ValueError, RecursionError):
+            raise CallParseError("BFCL decoder: expression too large to read") from None
+
+    def unsupported(self, node: ast.expr) -> str:
+        return f"BFCL decoder: unsupported value {type(node).__name__}: {_node_text(node)}"
 
 
-def _unparse(node: ast.AST) -> str:
-    try:
-        return ast.unparse(node)
-    except (ValueError, RecursionError):
-        raise CallParseError("BFCL decoder: expression too large to read") from None
+_READER = _BfclReader()
