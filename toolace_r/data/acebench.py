@@ -38,7 +38,7 @@ from typing import Any
 
 from toolace_r.calls.acebench import LIMITATION_PHRASE, MISSING_PHRASE, WRONG_VALUE_PHRASE
 from toolace_r.calls.syntax import render_python
-from toolace_r.data.formats import _BadRecord, _Ctx, normalize_tool
+from toolace_r.data.formats import _BadRecord, _Ctx, answer_records, json_lines, normalize_tool
 from toolace_r.data.schema import Sample, calls_to_truth
 from toolace_r.errors import DataError
 from toolace_r.stats import wilson_interval
@@ -170,13 +170,7 @@ def read_category(path: Path, category: str, on_error: str = "raise", limit: int
 def _answers(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"ACEBench answer file {path} not found (every normal/special category has one)")
-    out = {}
-    for i, rec in enumerate(_jsonl(path)):
-        if isinstance(rec, _BadRecord) or "id" not in rec or "ground_truth" not in rec:
-            raise DataError("answer record needs 'id' and 'ground_truth'", path=str(path), index=i,
-                            field="ground_truth")
-        out[str(rec["id"])] = rec["ground_truth"]
-    return out
+    return {str(rec["id"]): rec["ground_truth"] for rec in answer_records(_jsonl(path), path)}
 
 
 def _jsonl(path: Path) -> list[dict | _BadRecord]:
@@ -186,15 +180,11 @@ def _jsonl(path: Path) -> list[dict | _BadRecord]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path)) from None
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as err:
-            out.append(_BadRecord(f"line {lineno} is not valid JSON: {err}"))
-            continue
-        out.append(value if isinstance(value, dict) else _BadRecord(f"line {lineno} is a {type(value).__name__}"))
+    for lineno, value, error in json_lines(text):
+        if error is not None:
+            out.append(_BadRecord(f"line {lineno} is not valid JSON: {error}"))
+        else:
+            out.append(value if isinstance(value, dict) else _BadRecord(f"line {lineno} is a {type(value).__name__}"))
     return out
 
 

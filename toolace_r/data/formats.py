@@ -25,7 +25,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from toolace_r.bfcl_summary import ALL_NAMES as BFCL_NAMES
 from toolace_r.data.schema import CATEGORIES, Sample, calls_to_truth
@@ -682,23 +682,33 @@ def _load_records(path: Path) -> list[dict | _BadRecord]:
     except RecursionError:
         pass
     records: list[dict | _BadRecord] = []  # JSON Lines (BFCL's .json files are JSON Lines too)
-    # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, ... which JSON allows raw inside strings
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            records.append(_BadRecord(f"line is not valid JSON: {err.msg} at file line {lineno} column {err.colno}"))
-            continue
-        except RecursionError:
+    for lineno, row, error in json_lines(text):
+        if isinstance(error, json.JSONDecodeError):
+            records.append(_BadRecord(f"line is not valid JSON: {error.msg} at file line {lineno} "
+                                      f"column {error.colno}"))
+        elif error is not None:
             records.append(_BadRecord(f"line is not readable: JSON nested too deeply at file line {lineno}"))
-            continue
-        records.append(row if isinstance(row, dict) else _BadRecord(f"record is a {type(row).__name__}"))
+        else:
+            records.append(row if isinstance(row, dict) else _BadRecord(f"record is a {type(row).__name__}"))
     if whole_error is not None and len(records) > 1 and all(isinstance(r, _BadRecord) for r in records):
         # not JSON Lines after all: one (pretty-printed) JSON document that does not parse, e.g. a truncated one
         raise DataError(f"not valid JSON (nor JSON Lines): {whole_error}", path=str(path))
     return records
+
+
+def json_lines(text: str) -> Iterator[tuple[int, Any, json.JSONDecodeError | RecursionError | None]]:
+    """(file line number, value, None) for each non-blank line of a JSON Lines text, or (line number, None, the
+    error) for a line that does not decode; the callers word the error. Split on "\n" only: str.splitlines() also
+    breaks at U+2028, U+0085, ... which JSON allows raw inside strings."""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            yield lineno, None, err
+            continue
+        yield lineno, value, None
 
 
 def _where_array_breaks(text: str) -> str:
@@ -729,13 +739,18 @@ def _bfcl_context(path: Path) -> tuple[dict[str, Any] | None, str]:
     if not answer_file.is_file():
         raise DataError(f"BFCL answer file {answer_file} not found (only irrelevance and relevance files lack one)",
                         path=str(path))
-    answers = {}
-    for i, rec in enumerate(_load_records(answer_file)):
+    return {rec["id"]: rec["ground_truth"] for rec in answer_records(_load_records(answer_file), answer_file)}, category
+
+
+def answer_records(records: list[dict | _BadRecord], path: Path) -> Iterator[dict]:
+    """The records of a possible-answer file (BFCL's, ACEBench's), each with an 'id' and a 'ground_truth': a record
+    without them is a DataError naming the file and the record, whatever on_error says (no question can be judged
+    against a broken answer file)."""
+    for i, rec in enumerate(records):
         if isinstance(rec, _BadRecord) or "id" not in rec or "ground_truth" not in rec:
-            raise DataError("answer record needs 'id' and 'ground_truth'", path=str(answer_file), index=i,
+            raise DataError("answer record needs 'id' and 'ground_truth'", path=str(path), index=i,
                             field="ground_truth")
-        answers[rec["id"]] = rec["ground_truth"]
-    return answers, category
+        yield rec
 
 
 def read_samples_file(path: str | Path, format: str = "auto", on_error: str = "raise", limit: int = 0,
