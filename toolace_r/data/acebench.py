@@ -38,7 +38,7 @@ from typing import Any
 
 from toolace_r.calls.acebench import LIMITATION_PHRASE, MISSING_PHRASE, WRONG_VALUE_PHRASE
 from toolace_r.calls.syntax import render_python
-from toolace_r.data.formats import _BadRecord, _Ctx, answer_records, json_lines, normalize_tool
+from toolace_r.data.formats import _BadRecord, _Ctx, answer_records, json_lines, normalize_tool, read_records
 from toolace_r.data.schema import Sample, calls_to_truth
 from toolace_r.errors import DataError
 from toolace_r.stats import wilson_interval
@@ -150,21 +150,12 @@ def read_category(path: Path, category: str, on_error: str = "raise", limit: int
     records = _jsonl(path)
     records = records[:limit] if limit else records
     ctx = _Ctx(path=str(path), stem=path.stem, category=category)
-    samples, skipped = [], 0
-    for index, record in enumerate(records):
-        ctx.index = index
-        try:
-            if isinstance(record, _BadRecord):
-                raise ctx.error(record.message)
-            samples.append(read_record(record, answers, category, ctx))
-        except DataError as err:
-            if on_error == "raise":
-                raise
-            skipped += 1
-            log.warning("%s", err)
-    log.info("%s: %d records -> %d samples%s", path, len(records), len(samples),
-             f", {skipped} skipped" if skipped else "")
-    return samples
+    result = read_records(records, ctx, lambda record, ctx: [read_record(record, answers, category, ctx)], on_error)
+    for error in result.errors:
+        log.warning("%s", error)
+    log.info("%s: %d records -> %d samples%s", path, len(records), len(result.samples),
+             f", {result.skipped} skipped" if result.skipped else "")
+    return result.samples
 
 
 def _answers(path: Path) -> dict[str, Any]:

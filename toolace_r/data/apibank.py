@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from toolace_r.calls import parse_calls
-from toolace_r.data.formats import _BadRecord, _Ctx, _check_unicode, _load_records, _relax_required, \
-    normalize_tool, read_samples_file
+from toolace_r.data.formats import _Ctx, _load_records, _relax_required, checked_reader, normalize_tool, \
+    read_records, read_samples_file
 from toolace_r.data.schema import Sample
 from toolace_r.errors import CallParseError, DataError
 
@@ -87,30 +87,19 @@ def read_raw_file(path: Path, records: list, on_error: str = "raise", limit: int
     """A published level-N-api.json (its records already loaded) → samples; see the module docstring."""
     records = records[:limit] if limit else records
     ctx = _Ctx(path=str(path), stem=path.stem)
-    samples: list[Sample] = []
-    seen: set[str] = set()
     undescribed: list[str] = []
-    skipped = 0
-    for index, record in enumerate(records):
-        ctx.index = index
+
+    def read(record: dict, ctx: _Ctx) -> list[Sample]:
         try:
-            if isinstance(record, _BadRecord):
-                raise ctx.error(record.message)
-            sample = read_raw_record(record, ctx)
-            _check_unicode(sample, ctx)
-            if sample.id in seen:
-                raise ctx.error(f"duplicate sample id {sample.id!r}", "id")
-        except Unanswerable as why:
+            return [read_raw_record(record, ctx)]
+        except Unanswerable as why:  # left out of the score, named in one warning below
             undescribed.append(str(why))
-            continue
-        except DataError as err:
-            if on_error == "raise":
-                raise
-            skipped += 1
-            log.warning("%s", err)
-            continue
-        seen.add(sample.id)
-        samples.append(sample)
+            return []
+
+    result = read_records(records, ctx, checked_reader(read), on_error)
+    for error in result.errors:
+        log.warning("%s", error)
+    samples, skipped = result.samples, result.skipped
     log.info("%s: %d records (API-Bank as published) -> %d samples%s", path, len(records), len(samples),
              f", {skipped} skipped" if skipped else "")
     if undescribed:

@@ -753,6 +753,46 @@ def answer_records(records: list[dict | _BadRecord], path: Path) -> Iterator[dic
         yield rec
 
 
+def read_records(records: list[dict | _BadRecord], ctx: _Ctx, reader: Callable[[dict, _Ctx], list[Sample]],
+                 on_error: str = "raise") -> ReadResult:
+    """`reader` over every record, with ctx.index set to the record's: a bad record (a _BadRecord, or a DataError
+    from the reader) raises under on_error="raise", and under "skip" is counted in ReadResult.skipped with its
+    message in .errors (the caller logs them). The loop of every reader: read_samples_file, toolace_r.data.apibank
+    (the published files) and toolace_r.data.acebench."""
+    result = ReadResult(samples=[], records=len(records))
+    for index, record in enumerate(records):
+        ctx.index = index
+        try:
+            if isinstance(record, _BadRecord):
+                raise ctx.error(record.message)
+            samples = reader(record, ctx)
+        except DataError as err:
+            if on_error == "raise":
+                raise
+            result.skipped += 1
+            result.errors.append(str(err))
+            continue
+        result.samples.extend(samples)
+    return result
+
+
+def checked_reader(reader: Callable[[dict, _Ctx], list[Sample]]) -> Callable[[dict, _Ctx], list[Sample]]:
+    """`reader` with the checks that span records: every sample's text is valid Unicode and its id is new (a record
+    that fails either is a bad record, and its ids are not remembered)."""
+    seen_ids: set[str] = set()
+
+    def read(record: dict, ctx: _Ctx) -> list[Sample]:
+        samples = reader(record, ctx)
+        for s in samples:
+            _check_unicode(s, ctx)
+            if s.id in seen_ids:
+                raise ctx.error(f"duplicate sample id {s.id!r}", "id")
+        seen_ids.update(s.id for s in samples)
+        return samples
+
+    return read
+
+
 def read_samples_file(path: str | Path, format: str = "auto", on_error: str = "raise", limit: int = 0,
                       require_declared: bool = False) -> ReadResult:
     """Read every sample in `path`. format="auto" detects it from the first records; on_error is "raise" (DataError
@@ -785,29 +825,17 @@ def read_samples_file(path: str | Path, format: str = "auto", on_error: str = "r
     ctx = _Ctx(path=str(path), stem=p.stem if p.is_file() else p.name, require_declared=require_declared)
     if format == "bfcl":
         ctx.answers, ctx.category = _bfcl_context(p)
-    reader = RECORD_READERS[format]
-    result = ReadResult(samples=[], format=format, records=len(records))
-    seen_ids: set[str] = set()
+    checked = checked_reader(RECORD_READERS[format])
     no_call = 0
-    for index, record in enumerate(records):
-        ctx.index = index
-        try:
-            if isinstance(record, _BadRecord):
-                raise ctx.error(record.message)
-            samples = reader(record, ctx)
-            for s in samples:
-                _check_unicode(s, ctx)
-                if s.id in seen_ids:
-                    raise ctx.error(f"duplicate sample id {s.id!r}", "id")
-            no_call += not samples
-        except DataError as err:
-            if on_error == "raise":
-                raise
-            result.skipped += 1
-            result.errors.append(str(err))
-            continue
-        seen_ids.update(s.id for s in samples)
-        result.samples.extend(samples)
+
+    def reader(record: dict, ctx: _Ctx) -> list[Sample]:
+        nonlocal no_call
+        samples = checked(record, ctx)
+        no_call += not samples
+        return samples
+
+    result = read_records(records, ctx, reader, on_error)
+    result.format = format
     log.info("%s: %d records (%s) -> %d samples%s%s", path, len(records), format, len(result.samples),
              f", {no_call} records without a tool call" if no_call else "",
              f", {result.skipped} skipped" if result.skipped else "")
