@@ -49,7 +49,7 @@ from typing import Any, Callable
 from toolace_r import io as rio
 from toolace_r.config import Config, load_config, to_yaml
 from toolace_r.errors import ConfigError
-from toolace_r.report import STATE_FILE, iter_key
+from toolace_r.report import STATE_FILE, fmt_value, iter_key
 from toolace_r.stats import mcnemar, t_interval
 
 log = logging.getLogger("toolace_r.ablation")
@@ -638,14 +638,6 @@ def _plots(report: dict) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def fmt_ci(agg: dict | None, digits: int = 3) -> str:
     """'0.055 [0.031, 0.079]'; one seed: '0.055 (n=1)'; nothing: '–'."""
     if not agg or agg.get("mean") is None:
@@ -671,8 +663,8 @@ def final_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     for a, s in report["arms"].items():
         f = s["final"]
         rows.append([a, f"{f['n_seeds']}/{len(report['seeds'])}", fmt_ci(f["accuracy"]), fmt_ci(f["refined_accuracy"]),
-                     " ".join(_fmt(v) for v in f["accuracy"]["values"]) or "–",
-                     " ".join(_fmt(v) for v in f["refined_accuracy"]["values"]) or "–",
+                     " ".join(fmt_value(v) for v in f["accuracy"]["values"]) or "–",
+                     " ".join(fmt_value(v) for v in f["refined_accuracy"]["values"]) or "–",
                      " ".join("base" if it is None else str(it) for it in f["iteration"].values()) or "–"])
     return header, rows
 
@@ -697,12 +689,12 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     b = report.get("baseline")
     if b:
-        rows.append(["untrained", "base", "shared", _fmt(b["accuracy"]), _fmt(b["refined_accuracy"]),
-                     *[_fmt(x) for x in (b.get("accuracy_by_rounds") or [None] * r)], "", "", "", ""])
+        rows.append(["untrained", "base", "shared", fmt_value(b["accuracy"]), fmt_value(b["refined_accuracy"]),
+                     *[fmt_value(x) for x in (b.get("accuracy_by_rounds") or [None] * r)], "", "", "", ""])
     for a, s in report["arms"].items():
         for e in s["iterations"]:
             rows.append([a, str(e["iteration"]), str(e["accuracy"]["n"]), fmt_ci(e["accuracy"]),
-                         fmt_ci(e["refined_accuracy"]), *[_fmt(c["mean"]) for c in e["accuracy_by_rounds"]],
+                         fmt_ci(e["refined_accuracy"]), *[fmt_value(c["mean"]) for c in e["accuracy_by_rounds"]],
                          _fmt_mean(e["train_tokens"]), _fmt_mean(e["selected"]), _fmt_mean(e["refine_samples"]),
                          _fmt_mean(e["wall_s"], 1)])
     return header, rows
@@ -713,8 +705,8 @@ def category_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for a, s in report["arms"].items():
         cat = s["final"]["categories"]
-        rows.append([a] + [f"{_fmt(_get(cat, c, 'accuracy', 'mean'))} / "
-                           f"{_fmt(_get(cat, c, 'refined_accuracy', 'mean'))}" for c in cats])
+        rows.append([a] + [f"{fmt_value(_get(cat, c, 'accuracy', 'mean'))} / "
+                           f"{fmt_value(_get(cat, c, 'refined_accuracy', 'mean'))}" for c in cats])
     return ["arm (final models, mean over seeds)"] + cats, rows
 
 

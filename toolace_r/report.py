@@ -361,12 +361,18 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------------------- html
-def _fmt(value: Any, digits: int = 3) -> str:
+def fmt_value(value: Any, digits: int = 3) -> str:
+    """A table cell's text: "–" for None, a float to `digits` decimals, anything else as str (the run report's HTML
+    and the ablation's tables both write cells this way)."""
     if value is None:
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return html.escape(str(value))
+    return str(value)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return html.escape(fmt_value(value, digits))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
