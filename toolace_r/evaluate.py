@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from toolace_r import io as rio
+from toolace_r.calls.checker import call_rule
 from toolace_r.config import Config
 from toolace_r.data.schema import Sample
 from toolace_r.errors import ConfigError, DataError
@@ -140,7 +141,7 @@ class EvalActor:
 def _oracle_calls(sample: Sample) -> list[dict[str, Any]]:
     """The oracle's answer: the gold calls; for BFCL's live_relevance, which has no ground truth and counts any
     call as right, a call to the first tool (so the self-check exercises the relevance rule, not a missing answer)."""
-    if not sample.truth and "relevance" in sample.category and "irrelevance" not in sample.category and sample.tools:
+    if not sample.truth and call_rule(sample.category, sample.truth) == "any" and sample.tools:
         return [{"name": sample.tools[0]["name"], "arguments": {}}]
     return sample.gold_calls()
 

@@ -91,6 +91,19 @@ def check(
         return Verdict(False, "checker_error:bad_record", f"could not judge this record: {type(err).__name__}: {err}")
 
 
+def call_rule(category: str | None, truth: list[dict[str, Any]]) -> str:
+    """Which answers a record's category and truth call for, by BFCL's substring rule: "none" (irrelevance, or no
+    truth outside a relevance category: right iff no call is decoded), "any" (live_relevance: right iff some call
+    is) or "truth" (the calls are judged against the truth). The one place this rule is written: the oracle of
+    toolace_r.evaluate answers by it too."""
+    category = category or ""
+    if "irrelevance" in category or (not truth and "relevance" not in category):
+        return "none"
+    if "relevance" in category:
+        return "any"
+    return "truth"
+
+
 def _check(output: Any, functions: list[dict], truth: list[dict], category: str, decoder: str) -> Verdict:
     calls: list[Call] | None
     try:
@@ -102,14 +115,14 @@ def _check(output: Any, functions: list[dict], truth: list[dict], category: str,
     except CallParseError as err:
         calls, decode_error = None, str(err)
 
-    category = category or ""
-    if "irrelevance" in category or (not truth and "relevance" not in category):
+    rule = call_rule(category, truth)
+    if rule == "none":
         if calls:
             names = ", ".join(str(c["name"]) for c in calls)
             return Verdict(False, "irrelevance_error:decoder_success",
                            f"made {len(calls)} call(s) ({_clip(names)}) where no function fits")
         return VALID
-    if "relevance" in category:  # live_relevance: any call counts
+    if rule == "any":  # live_relevance
         if calls:
             return VALID
         return Verdict(False, "relevance_error:decoder_failed",
@@ -118,6 +131,7 @@ def _check(output: Any, functions: list[dict], truth: list[dict], category: str,
         return Verdict(False, "ast_decoder:decoder_failed", f"could not read the output as calls: {decode_error}")
 
     fns = prepare_functions(functions)
+    category = category or ""
     if "parallel" in category:
         return _check_parallel(fns, calls, truth)
     if "multiple" in category:
