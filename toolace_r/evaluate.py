@@ -181,7 +181,7 @@ def load_groups(cfg: Config, specs: list[str]) -> dict[str, list[Sample]]:
 
 def summarize(outputs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Output rows → {group: metrics, ..., "overall": metrics}."""
-    from toolace_r.data.acebench import conversation_metrics
+    from toolace_r.acebench_summary import conversation_metrics
 
     by_group: dict[str, list[dict]] = defaultdict(list)
     for row in outputs:
@@ -216,13 +216,13 @@ def benchmark_summaries(specs: list[str], result: dict[str, dict[str, Any]]) -> 
     """Each benchmark's own summary beside the per-category figures, keyed by spec label: for `bfcl:` the
     leaderboard's aggregation of the categories that spec produced (toolace_r.bfcl_summary)."""
     from toolace_r.bfcl_summary import bfcl_summary, guess_version, scores_from_result
-    from toolace_r.data.acebench import acebench_summary
+    from toolace_r.acebench_summary import acebench_summary
     from toolace_r.data.bfcl_dir import spec_version
     from toolace_r.tables import add_acebench_intervals, apibank_summary
 
     out: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        if spec.split(":", 1)[0] == "acebench":  # ACEBench's normal / special averages (toolace_r.data.acebench)
+        if spec.split(":", 1)[0] == "acebench":  # ACEBench's normal / special averages (toolace_r.acebench_summary)
             ace = acebench_summary(result, "" if len(specs) == 1 else "acebench/")
             if ace:
                 out["acebench"] = add_acebench_intervals(ace)

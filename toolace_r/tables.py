@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from toolace_r.acebench_summary import NORMAL, SPECIAL
 from toolace_r.bfcl_summary import category_part, unweighted
 from toolace_r.stats import wilson_interval
 
@@ -71,8 +72,6 @@ def apibank_summary(result: Mapping[str, Mapping[str, Any]], prefix: str = "") -
 
 def add_acebench_intervals(summary: dict[str, Any]) -> dict[str, Any]:
     """ACEBench's normal / special means get the interval of an unweighted mean of their categories' figures."""
-    from toolace_r.data.acebench import NORMAL, SPECIAL
-
     for label in ("single", "refined"):
         part = summary.get(label)
         if not part:
@@ -113,8 +112,6 @@ def format_categories(result: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def format_acebench(summary: Mapping[str, Any]) -> list[str]:
-    from toolace_r.data.acebench import NORMAL, SPECIAL
-
     single, refined = summary["single"], summary.get("refined") or {}
     lines = header("ACEBench (its own scoring)")
     for name, members in (("normal", NORMAL), ("special", SPECIAL)):

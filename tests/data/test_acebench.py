@@ -1,6 +1,6 @@
-"""`acebench:DIR`: ACEBench's data_en layout read as published, prompted and scored as ACEBench does, and its
-summary. Records here are written in ACEBench's format by the test (data_<category>.json JSON Lines +
-possible_answer/); the last tests run on ../shared/data/acebench when it is there."""
+"""`acebench:DIR`: ACEBench's data_en layout read as published, prompted and scored as ACEBench does (its summary is
+tests/test_acebench_summary.py's). Records here are written in ACEBench's format by the test (data_<category>.json
+JSON Lines + possible_answer/); the last tests run on ../shared/data/acebench when it is there."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from toolace_r.data.acebench import (NORMAL, SPECIAL, USER_PREFIX, acebench_summary, conversation_metrics,
-                                     format_acebench)
+from toolace_r.data.acebench import SPECIAL, USER_PREFIX
 from toolace_r.data.pool import load_eval_spec
 from toolace_r.data.schema import Sample
 from toolace_r.errors import DataError
@@ -110,28 +109,6 @@ def test_bad_records_name_file_record_and_field(tmp_path):
     (root / "possible_answer" / "data_normal_atom_bool.json").write_bytes(b'{"id": "\xff\xfe"}\n')
     with pytest.raises(DataError, match=r"data_normal_atom_bool.json: not UTF-8 text"):
         load_eval_spec(f"acebench:{root}")
-
-
-def test_summary_follows_acebench_averaging():
-    rows = [{"id": f"normal_multi_turn_user_switch_{c}_{t}", "category": "normal_multi_turn_user_switch",
-             "valid": ok, "refined_valid": True} for c, t, ok in ((0, 0, True), (0, 1, False), (1, 0, True))]
-    extra = conversation_metrics(rows)
-    assert extra == {"conversations": 2, "conversations_right": 1, "process_accuracy": 0.75,
-                     "refined_conversations_right": 2, "refined_process_accuracy": 1.0}
-    result = {"normal_multi_turn_user_switch": {"n": 3, "accuracy": 2 / 3, "refined_accuracy": 1.0, **extra},
-              "special_incomplete": {"n": 4, "accuracy": 0.5, "refined_accuracy": 0.5},
-              "special_error_param": {"n": 2, "accuracy": 1.0, "refined_accuracy": 1.0},
-              "special_irrelevant": {"n": 10, "accuracy": 0.9, "refined_accuracy": 0.9}}
-    summary = acebench_summary(result)
-    single = summary["single"]
-    assert single["categories"]["normal_multi_turn_user_switch"]["accuracy"] == 0.5  # end-to-end, 1 of 2
-    assert single["special"]["accuracy"] == pytest.approx((0.5 + 1.0 + 0.9) / 3)  # unweighted, not by n
-    assert single["normal"]["accuracy"] is None and len(single["normal"]["missing"]) == len(NORMAL) - 1
-    assert summary["refined"]["categories"]["normal_multi_turn_user_switch"]["accuracy"] == 1.0
-    assert summary["overall"] is None and "agent" in summary["overall_needs"]
-    text = format_acebench(summary)
-    assert "no ACEBench Summary" in text and "missing" in text
-    assert acebench_summary({"simple": {"n": 1, "accuracy": 1.0, "refined_accuracy": 1.0}}) is None
 
 
 # The shared records whose ground truth ACEBench's own checker rejects: each has a list of strings with spaces inside

@@ -1,5 +1,6 @@
 """ACEBench as published: `acebench:DIR` reads a `data_en` directory (ACEBench/ACEBench `data_all/data_en/`) and its
-`possible_answer/`, and says how ACEBench itself summarises the scores.
+`possible_answer/`. How ACEBench itself summarises the scores, and its list of categories, are in
+toolace_r.acebench_summary (beside bfcl_summary).
 
 Files are JSON Lines despite the `.json` suffix: `data_<category>.json` with `{id, question, function, time |
 profile}`, where `question` is one string of `user:` / `system:` lines and each function carries a JSON schema under
@@ -36,22 +37,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from toolace_r.acebench_summary import AGENT, CATEGORIES, NORMAL, SPECIAL
 from toolace_r.calls.acebench import LIMITATION_PHRASE, MISSING_PHRASE, WRONG_VALUE_PHRASE
 from toolace_r.calls.syntax import render_python
 from toolace_r.data.formats import _BadRecord, _Ctx, answer_records, json_lines, normalize_tool, read_records
 from toolace_r.data.schema import Sample, calls_to_truth
 from toolace_r.errors import DataError
-from toolace_r.stats import wilson_interval
 
 log = logging.getLogger(__name__)
 
-NORMAL = ("normal_atom_bool", "normal_atom_enum", "normal_atom_number", "normal_atom_list",
-          "normal_atom_object_short", "normal_atom_object_deep", "normal_single_turn_single_function",
-          "normal_single_turn_parallel_function", "normal_multi_turn_user_adjust", "normal_multi_turn_user_switch",
-          "normal_similar_api", "normal_preference")
-SPECIAL = ("special_incomplete", "special_error_param", "special_irrelevant")
-AGENT = ("agent_multi_step", "agent_multi_turn")
-CATEGORIES = NORMAL + SPECIAL
 # category.py's groups, accepted in `acebench:DIR:normal,special_incomplete`
 GROUPS = {"normal": NORMAL, "special": SPECIAL, "agent": AGENT,
           "atom": tuple(c for c in NORMAL if "_atom_" in c),
@@ -59,9 +53,6 @@ GROUPS = {"normal": NORMAL, "special": SPECIAL, "agent": AGENT,
 AGENT_REFUSAL = ("ACEBench's agent categories (agent_multi_step, agent_multi_turn) are scored by running the "
                  "model against ACEBench's stateful sandbox (simulated phone and travel APIs, an LLM user); this "
                  "harness has no such sandbox and does not evaluate them")
-# ACEBench's Summary = 0.2676 special + 0.578 normal + 0.1545 agent: never printed without agent
-OVERALL_NEEDS = "agent (agent_multi_step, agent_multi_turn): ACEBench's Summary = 0.578 × normal + 0.2676 × " \
-                "special + 0.1545 × agent"
 
 _REPLY_FORMAT = ("Give the API requests as [ApiName(key1='value1', key2='value2', ...)], several separated by "
                  "commas: [ApiName(key1='value1', ...), ApiName(key1='value1', ...)]. The answer starts with \"[\" "
@@ -250,87 +241,3 @@ def special_gold(answer: Any, category: str, ctx: _Ctx) -> str:
     else:
         raise ctx.error(f"unknown special category {category!r}", "id")
     return json.dumps([text], ensure_ascii=False)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# ACEBench's summary (model_eval/evaluation_helper.py generate_result_csv, eval_main.py normal_multi_turn_eval)
-# ----------------------------------------------------------------------------------------------------------------
-def conversation_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Extra per-group metrics for an ACEBench multi-turn group (evaluate.summarize adds them): ACEBench scores these
-    categories by conversation (`..._<conversation>_<turn>` ids) — a conversation counts only when all its turns
-    are right (end-to-end accuracy); `process` = the mean share of right turns per conversation. {} otherwise."""
-    if not rows or any("multi_turn" not in str(r.get("category")) or r.get("category") not in CATEGORIES
-                       for r in rows):
-        return {}
-    out: dict[str, Any] = {}
-    for prefix, key in (("", "valid"), ("refined_", "refined_valid")):
-        convs: dict[str, list[bool]] = {}
-        for r in rows:
-            convs.setdefault(str(r["id"]).rsplit("_", 1)[0], []).append(bool(r[key]))
-        out["conversations"] = len(convs)
-        out[prefix + "conversations_right"] = sum(all(v) for v in convs.values())
-        out[prefix + "process_accuracy"] = sum(sum(v) / len(v) for v in convs.values()) / len(convs)
-    return out
-
-
-def _figure(n: int, k: int) -> dict[str, Any]:
-    return {"accuracy": k / n if n else None, "n": n, "ci95": list(wilson_interval(k, n))}
-
-
-def acebench_summary(result: dict[str, dict[str, Any]], prefix: str = "") -> dict[str, Any] | None:
-    """Per-group metrics of evaluate.summarize (groups named prefix + ACEBench category) → ACEBench's figures:
-    per category (multi-turn: end-to-end over conversations), normal = unweighted mean of its 12 categories,
-    special = of its 3, single pass and refined; a part with a category missing has accuracy None and names what
-    is missing. No Summary: it needs the agent categories (overall None, overall_needs says why)."""
-    groups = {key[len(prefix):]: m for key, m in result.items()
-              if key.startswith(prefix) and key[len(prefix):] in CATEGORIES}
-    if not groups:
-        return None
-    out: dict[str, Any] = {"benchmark": "acebench", "source": "ACEBench @ e6db74b7 eval_main.py + "
-                           "model_eval/evaluation_helper.py generate_result_csv",
-                           "prompting": "ACEBench's system prompts per kind; special items are told its three "
-                                        "reply formats and judged on what the answer says"}
-    for label, acc in (("single", "accuracy"), ("refined", "refined_accuracy")):
-        per = {}
-        for c in CATEGORIES:
-            m = groups.get(c)
-            if m is None:
-                continue
-            if "conversations" in m:
-                right = m["conversations_right" if label == "single" else "refined_conversations_right"]
-                per[c] = dict(_figure(int(m["conversations"]), int(right)), items=int(m["n"]), unit="conversation",
-                              process=m["process_accuracy" if label == "single" else "refined_process_accuracy"])
-            else:
-                per[c] = _figure(int(m["n"]), round(m[acc] * m["n"]))
-        part: dict[str, Any] = {"categories": per}
-        for name, members in (("normal", NORMAL), ("special", SPECIAL)):
-            missing = [c for c in members if c not in per]
-            part[name] = {"accuracy": None, "missing": missing} if missing else \
-                {"accuracy": sum(per[c]["accuracy"] for c in members) / len(members), "of": len(members)}
-        out[label] = part
-    out["overall"] = None
-    out["overall_needs"] = OVERALL_NEEDS
-    return out
-
-
-def format_acebench(summary: dict[str, Any]) -> str:
-    """The printed ACEBench block: normal and special as ACEBench averages them, and why there is no Summary."""
-    single, refined = summary["single"], summary.get("refined") or {}
-
-    def pct(d: dict | None) -> str:
-        return f"{d['accuracy']:.1%}" if d and d.get("accuracy") is not None else "n/a"
-
-    lines = [f"{'ACEBench (its own scoring)':<44} {'single':>7} {'refined':>8}"]
-    for name in ("normal", "special"):
-        s = single[name]
-        note = f"missing {', '.join(s['missing'])}" if s.get("missing") else f"unweighted mean of {s['of']}"
-        lines.append(f"{name:<44} {pct(s):>7} {pct(refined.get(name)):>8}   ({note})")
-        for c in (NORMAL if name == "normal" else SPECIAL):
-            d = single["categories"].get(c)
-            if d is not None:
-                unit = f"   (end-to-end, {d['n']} conversations)" if d.get("unit") == "conversation" else ""
-                lines.append(f"  {c:<42} {pct(d):>7} {pct(refined.get('categories', {}).get(c)):>8}{unit}")
-    lines.append(f"no ACEBench Summary: it also needs {summary['overall_needs']}")
-    lines.append("special items were prompted with ACEBench's reply formats and scored on what the answer says; every "
-                 "ACEBench item is decoded by ACEBench's own rules, whatever eval.decoder says")
-    return "\n".join(lines)
