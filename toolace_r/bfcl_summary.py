@@ -195,13 +195,19 @@ def scores_from_result(result: Mapping[str, Mapping[str, Any]], prefix: str = ""
     return single, refined
 
 
-def _cell(d: dict[str, Any] | None) -> str:
+W = 46  # the label column of this block and of toolace_r.tables' whole table, which shares its columns
+
+
+def cell(d: Mapping[str, Any] | None) -> str:
+    """`  71.2%   [64.5%, 77.1%]`, blank without a figure, N/A for a part that lacks categories; the two columns of a
+    figure here and in toolace_r.tables' table."""
     if d is None:
         return f"{'':>7} {'':>16}"
     if d.get("accuracy") is None:
         return f"{'N/A':>7} {'':>16}"
-    lo, hi = d["ci95"]
-    return f"{d['accuracy']:>7.1%} {f'[{lo:.1%}, {hi:.1%}]':>16}"
+    ci = d.get("ci95")
+    text = f"[{ci[0]:.1%}, {ci[1]:.1%}]" if ci else ""
+    return f"{d['accuracy']:>7.1%} {text:>16}"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -210,7 +216,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     version = summary["version"]
     single, refined = summary.get("single", {}), summary.get("refined") or {}
     per_cat = summary.get("per_category", {})
-    head = (f"{f'BFCL v{version} summary (leaderboard aggregation)':<46} {'n':>5} {'single':>7} {'95% CI':>16} "
+    head = (f"{f'BFCL v{version} summary (leaderboard aggregation)':<{W}} {'n':>5} {'single':>7} {'95% CI':>16} "
             f"{'refined':>7} {'95% CI':>16}")
     lines = [head, "-" * len(head)]
     for key, depth in LAYOUT:
@@ -221,7 +227,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             label = V4_TO_V3.get(key, key) if version == 3 else key  # as the user's files spell it
         else:
             continue
-        lines.append(f"{'  ' * depth + label:<46} {fig['n']:>5} {_cell(fig)} {_cell(ref)}")
+        lines.append(f"{'  ' * depth + label:<{W}} {fig['n']:>5} {cell(fig)} {cell(ref)}")
         if key in single and fig.get("accuracy") is None:
             missing = ", ".join(V4_TO_V3.get(m, m) if version == 3 else m for m in fig["missing"])
             lines.append(f"{'  ' * (depth + 1)}(N/A: no results for {missing})")

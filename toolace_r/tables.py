@@ -15,27 +15,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from toolace_r.acebench_summary import NORMAL, SPECIAL
-from toolace_r.bfcl_summary import category_part, unweighted
+from toolace_r.bfcl_summary import W, category_part, cell, unweighted
 from toolace_r.stats import wilson_interval
 
 APIBANK_LEVELS = ("apibank_l1", "apibank_l2")
-W = 46  # label column, as bfcl_summary.format_summary's
 
 
 def figure(n: int, k: int) -> dict[str, Any]:
     """{"accuracy", "n", "ci95"} of k right out of n (Wilson)."""
     return {"accuracy": k / n if n else None, "n": n, "ci95": list(wilson_interval(k, n)) if n else None}
-
-
-def cell(d: Mapping[str, Any] | None) -> str:
-    """`  71.2%   [64.5%, 77.1%]`, blank without a figure, N/A for a part that lacks categories."""
-    if d is None:
-        return f"{'':>7} {'':>16}"
-    if d.get("accuracy") is None:
-        return f"{'N/A':>7} {'':>16}"
-    ci = d.get("ci95")
-    text = f"[{ci[0]:.1%}, {ci[1]:.1%}]" if ci else ""
-    return f"{d['accuracy']:>7.1%} {text:>16}"
 
 
 def _count(m: Mapping[str, Any], rate: str, count: str) -> int:
