@@ -39,6 +39,7 @@ import inspect
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -414,6 +415,7 @@ def _decode_round(
     max_new_tokens: int,
     stats: RoundStats,
     passes: list[int],
+    on_tokens: Callable[[int, list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """One answer per row: feed each row's new prompt tokens (+ its draft), then decode until EOS or the token limit.
     Returns the generated ids per row (EOS included when reached). `passes[b]` counts forward passes row b took part in.
@@ -421,7 +423,12 @@ def _decode_round(
     With drafts (greedy only), every pass verifies a proposal per row: the whole draft right after the prompt, and
     after a disagreement the draft's continuation from where the answer rejoins it (`_lookup`). A row accepts the
     longest proposal prefix its own argmax agrees with, plus the model's token after it — so the answer equals plain
-    one-token-at-a-time decoding, in fewer passes."""
+    one-token-at-a-time decoding, in fewer passes.
+
+    `on_tokens(row, new_ids)`, when given, is called after every pass with the tokens each row gained in it (for a
+    server that streams them). It only reads: the decoded ids are the same with or without it. It returns True to
+    stop a row whose consumer is gone (a disconnected client): that row's answer ends there, the other rows decode
+    on unchanged."""
     rows = batch.rows
 
     def ended(out: list[int]) -> bool:
@@ -464,12 +471,15 @@ def _decode_round(
             stats.draft_accepted += accepted
             if not first and prop:
                 budget[b] = min(2 * budget[b], _LOOKUP_MAX) if accepted == len(prop) else max(1, budget[b] // 2)
+            before = len(outs[b])
             outs[b].extend(prop[:accepted])
             if not ended(outs[b]):
                 outs[b].append(preds[accepted])
                 # the proposal tokens after the accepted ones were fed but are not part of this row's sequence
                 batch.crop(b, lengths[b] + accepted)
             done[b] = ended(outs[b])
+            if on_tokens is not None and on_tokens(b, outs[b][before:]):
+                done[b] = True
         batch.trim()
         finished = [b for b in batch.live if done[b]]
         if finished and len(finished) < len(batch.live) and _PARK_DIVISOR * len(finished) >= len(batch.live):
@@ -520,12 +530,19 @@ def adaptive_refine(
     adaptive: bool = True,
     seed: int = 0,
     stats: dict[int, RoundStats] | None = None,
+    on_tokens: Callable[[int, int, list[int]], bool] | None = None,
+    on_result: Callable[[int, RefineResult], None] | None = None,
 ) -> list[RefineResult]:
     """Answer every item, then refine each until two consecutive rounds agree or `max_rounds` (see module doc).
 
     `adaptive=False` always runs `max_rounds` rounds (the fixed-rounds baseline). `stats`, when given, is filled with
     the cost of each round number across all batches. Draft verification applies to greedy decoding only; with
     temperature > 0 it is switched off (a sampled answer is not the argmax the draft is checked against).
+
+    Hooks for a streaming server (both only read; the answers are the same with or without them):
+    `on_tokens(item, round, new_ids)` after every forward pass with the tokens the item gained (EOS included);
+    returning True stops the item (its consumer is gone): its round ends there and it refines no further.
+    `on_result(item, result)` the moment an item's last round is decided, before the rest of its batch finishes.
     """
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
@@ -558,16 +575,25 @@ def adaptive_refine(
     results: list[RefineResult | None] = [None] * len(items)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
+        item_tokens = item_result = None
+        if on_tokens is not None:
+            def item_tokens(j: int, rnd: int, ids: list[int], chunk: list[int] = chunk) -> bool:
+                return on_tokens(chunk[j], rnd, ids)
+        if on_result is not None:
+            def item_result(j: int, res: RefineResult, chunk: list[int] = chunk) -> None:
+                on_result(chunk[j], res)
         for i, res in zip(chunk, _refine_batch(
             model, tokenizer, [items[i] for i in chunk], [first_prompts[i] for i in chunk], encode, decode,
             pick, eos, pad_id, max_rounds, max_new_tokens, style, draft_verify, reuse_prefix, adaptive, stats,
+            item_tokens, item_result,
         )):
             results[i] = res
     return results  # type: ignore[return-value]
 
 
 def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, eos, pad_id, max_rounds,
-                  max_new_tokens, style, draft_verify, reuse_prefix, adaptive, stats) -> list[RefineResult]:
+                  max_new_tokens, style, draft_verify, reuse_prefix, adaptive, stats, on_tokens=None,
+                  on_result=None) -> list[RefineResult]:
     n = len(items)
     device = next(model.parameters()).device
     answers: list[list[str]] = [[] for _ in range(n)]
@@ -577,6 +603,12 @@ def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, 
     passes = [0] * n
     active = list(range(n))  # item indices still refining, in batch-row order
     batch: CachedBatch | None = None
+    stopped: set[int] = set()  # items whose consumer is gone (on_tokens returned True)
+
+    def result(i: int) -> RefineResult:
+        return RefineResult(answer=answers[i][-1], calls=calls[i], rounds=len(answers[i]), tokens=tokens[i],
+                            first_answer=answers[i][0], forward_passes=passes[i], answers=answers[i])
+
     for rnd in range(1, max_rounds + 1):
         st = stats.setdefault(rnd, RoundStats())
         st.items += len(active)
@@ -599,7 +631,13 @@ def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, 
                 segments.append(ids[keep:])
         drafts = [answer_ids[i] for i in active] if (draft_verify and rnd > 1) else None
         row_passes = [0] * len(active)
-        outs = _decode_round(batch, segments, drafts, pick, eos, max_new_tokens, st, row_passes)
+        row_tokens = None
+        if on_tokens is not None:
+            def row_tokens(row: int, ids: list[int], rnd: int = rnd, rows: list[int] = active) -> bool:
+                if on_tokens(rows[row], rnd, ids):
+                    stopped.add(rows[row])
+                return rows[row] in stopped
+        outs = _decode_round(batch, segments, drafts, pick, eos, max_new_tokens, st, row_passes, row_tokens)
         _sync(device)
         st.time_s += time.perf_counter() - t0
         st.cpu_s += time.process_time() - c0
@@ -613,17 +651,15 @@ def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, 
             calls[i] = parsed
             tokens[i] += len(outs[row])
             passes[i] += row_passes[row]
-            if rnd < max_rounds and not (adaptive and stable):
+            if rnd < max_rounds and not (adaptive and stable) and i not in stopped:
                 still.append(row)
+            elif on_result is not None:
+                on_result(i, result(i))
         if not still:
             break
         batch.select(still)
         active = [active[row] for row in still]
-    return [
-        RefineResult(answer=answers[i][-1], calls=calls[i], rounds=len(answers[i]), tokens=tokens[i],
-                     first_answer=answers[i][0], forward_passes=passes[i], answers=answers[i])
-        for i in range(n)
-    ]
+    return [result(i) for i in range(n)]
 
 
 def refine_config_kwargs(refine_cfg: Any) -> dict[str, Any]:

@@ -148,7 +148,7 @@ BAD_REQUESTS = [
                                           "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      400, "tool_choice"),
     ("empty messages", {"messages": []}, 400, "messages"),
-    ("stream", {"stream": True}, 400, "stream"),
+    ("stream_options without stream", {"stream_options": {"include_usage": True}}, 400, "stream_options"),
     ("unknown model", {"model": "gpt-4o"}, 404, "model"),
     ("oversize body", {"messages": [{"role": "user", "content": "x" * 1_100_000}]}, 413, None),
 ]

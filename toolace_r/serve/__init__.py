@@ -10,7 +10,7 @@ Layout of a replica (one Ray Serve deployment, FastAPI ingress, autoscaled), and
     tools/messages, render the prompt and check its length (convert.py)
       ──(everything above is per request and can only fail with a 4xx: the error contract in schema.py)──
     → BatchQueue (batching.py) → one worker thread runs adaptive_refine on the whole batch (engine.py)
-    → parse calls → OpenAI response (convert.py)
+    → parse calls → OpenAI response (convert.py), or with `stream: true` server-sent chunks (stream.py)
 
 The routes, the deployment and the application builders live in app.py; the `toolace-r serve` command in cli.py.
 The model is loaded once per replica; requests that arrive together share forward passes (`serve.batching`); the
@@ -28,8 +28,10 @@ Decisions where the OpenAI API leaves room (all visible in the response or docum
     `tool_calls`. `"required"` or a named function: when the final answer holds no (matching) call, the reply is a 422
     error (code `tool_choice_unsatisfied`) carrying the model's answer, instead of silently breaking the contract.
     A named function also restricts the tools the model sees to that one.
-  - `max_tokens` (per refinement round) above `serve.max_new_tokens` is clamped to it; `stream: true` and `n > 1` are
-    refused with 400; `parallel_tool_calls: false` keeps the first call; `top_p` and `seed` are accepted and ignored.
+  - `max_tokens` (per refinement round) above `serve.max_new_tokens` is clamped to it; `n > 1` is refused with 400;
+    `parallel_tool_calls: false` keeps the first call; `top_p` and `seed` are accepted and ignored.
+  - `stream: true` streams the final answer only (stream.py): at once when its last refinement round is decided, token
+    by token in a round that must be the last (`max_refine_rounds: 1`).
   - `usage.prompt_tokens` counts the round-1 prompt; `completion_tokens` every token generated over all rounds.
   - Extension fields: request `max_refine_rounds` (openai client: `extra_body={"max_refine_rounds": 1}`; 1 = a single
     pass, no refinement); response `choices[0].refinement = {"rounds": n}` and top-level `toolace_r` with the rounds,

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,6 +26,7 @@ from toolace_r.serve.batching import BatchQueue
 from toolace_r.serve.body import read_json_body
 from toolace_r.serve.convert import build_job, completion_response
 from toolace_r.serve.engine import Engine, Job, Outcome
+from toolace_r.serve.stream import SSE_HEADERS, ChunkWriter, StreamSession
 from toolace_r.serve.schema import (
     ApiError,
     ChatCompletionRequest,
@@ -78,7 +79,8 @@ _ERROR_STATUSES = {400: "invalid request (JSON, types, values, unsupported optio
                    401: "missing or invalid API key", 404: "unknown model", 413: "request body too large",
                    422: "tool_choice could not be satisfied by the model's answer", 500: "the model failed"}
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": ChatCompletionResponse},
+    # stream: true answers with server-sent events of chat.completion.chunk objects (toolace_r.serve.stream)
+    200: {"model": ChatCompletionResponse, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
     **{code: {"model": ErrorResponse, "description": why} for code, why in _ERROR_STATUSES.items()},
 }
 CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
@@ -157,8 +159,33 @@ class ToolaceServer:
         except ValidationError as err:
             raise validation_error(err) from None
         job, mode, name = build_job(req, self.cfg, self.engine)
+        if req.stream:
+            return await self.stream(req, job, mode, name)
         out = await self.generate(job)
         return JSONResponse(completion_response(out, job, mode, name, self.cfg.model_name, req.parallel_tool_calls))
+
+    async def stream(self, req: ChatCompletionRequest, job: Job, mode: str, name: str | None) -> StreamingResponse:
+        """`stream: true` (toolace_r.serve.stream). The HTTP stream starts with the first live token or, when none
+        are streamed, with the final answer; everything that fails before that is an ordinary JSON error (a 422 for
+        an unsatisfied tool_choice included). A client that disconnects stops its decoding and leaves the queue."""
+        from toolace_r.refine import stop_ids
+
+        session = StreamSession(job, mode, self.engine.tokenizer, stop_ids(self.engine.model, self.engine.tokenizer))
+
+        def respond(out: Outcome) -> dict[str, Any]:
+            return completion_response(out, job, mode, name, self.cfg.model_name, req.parallel_tool_calls)
+
+        session.start(self.generate)
+        try:
+            first = await session.first()
+            if first[0] != "tokens":  # the answer is complete: a failure or a refused tool_choice is still JSON
+                first = ("response", respond(session.outcome(first)))
+        except BaseException:
+            session.close()
+            raise
+        writer = ChunkWriter(self.cfg.model_name, bool(req.stream_options and req.stream_options.include_usage))
+        return StreamingResponse(session.events(first, writer, respond), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
 
     def check_health(self) -> None:
         """Serve's replica health check: a dead model thread makes the replica unhealthy (Serve replaces it)."""

@@ -108,9 +108,9 @@ def build_job(req: ChatCompletionRequest, cfg: ServeConfig, engine: Engine) -> t
     if req.model != cfg.model_name:
         raise ApiError(404, f"model {req.model!r} does not exist; this server serves {cfg.model_name!r}",
                        param="model", code="model_not_found")
-    if req.stream:
-        raise ApiError(400, "stream=true is not supported by this server; send stream=false (the default)",
-                       param="stream", code="unsupported_parameter")
+    if req.stream_options is not None and not req.stream:
+        raise ApiError(400, "stream_options is only allowed when stream is true", param="stream_options",
+                       code="invalid_value")
     if req.n is not None and req.n > 1:
         raise ApiError(400, "n > 1 is not supported; send one request per answer", param="n",
                        code="unsupported_parameter")

@@ -7,6 +7,7 @@ parsed calls, rounds and token counts (convert.completion_response turns it into
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,12 @@ class Job:
     temperature: float
     prompt_tokens: int = 0
     prompt_ids: list[int] | None = None  # the round-1 prompt, tokenised once when the request is checked
+    # streaming requests only (toolace_r.serve.stream), called from the model thread:
+    # on_tokens(round, new_ids) → True when the client is gone (its decoding stops, its slot frees); round 0 with no
+    # ids: the job is retried alone after its batch failed, decoding starts over;
+    # on_final(outcome) as soon as the job's last round is decided, before its batch neighbours finish
+    on_tokens: Callable[[int, list[int]], bool] | None = field(default=None, repr=False, compare=False)
+    on_final: Callable[["Outcome"], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -101,6 +108,8 @@ class Engine:
 
     def _one(self, job: Job, max_rounds: int, max_new_tokens: int, temperature: float) -> Outcome | BaseException:
         try:
+            if job.on_tokens is not None:
+                job.on_tokens(0, [])  # round 0: decoding starts over, forget the tokens streamed so far
             return self._answer([job], max_rounds, max_new_tokens, temperature)[0]
         except Exception as err:  # noqa: BLE001 - reported to that request as a 500
             log.exception("request failed inside the model")
@@ -110,13 +119,26 @@ class Engine:
         from toolace_r.refine import RefineItem, adaptive_refine
 
         items = [RefineItem(tools=j.tools, messages=j.messages, prompt_ids=j.prompt_ids) for j in jobs]
+        hooks: dict[str, Any] = {}
+        if any(j.on_tokens for j in jobs):  # no hooks, no calls: batches without streaming requests run as before
+            def on_tokens(i: int, rnd: int, ids: list[int]) -> bool:
+                return bool(jobs[i].on_tokens and jobs[i].on_tokens(rnd, ids))
+            hooks["on_tokens"] = on_tokens
+        if any(j.on_final for j in jobs):
+            def on_result(i: int, res: Any) -> None:
+                if jobs[i].on_final:
+                    jobs[i].on_final(_outcome(res))
+            hooks["on_result"] = on_result
         results = adaptive_refine(self.model, self.tokenizer, items, max_rounds=max_rounds,
                                   max_new_tokens=max_new_tokens, style=self.style, draft_verify=self.draft_verify,
-                                  reuse_prefix=self.reuse_prefix, temperature=temperature, batch_size=len(items))
-        outs = []
-        for res in results:
-            calls, error = (res.calls, None) if res.calls is not None else parse_answer(res.answer)
-            outs.append(Outcome(res.answer, calls, res.rounds, res.tokens, error, res.forward_passes))
-        return outs
+                                  reuse_prefix=self.reuse_prefix, temperature=temperature, batch_size=len(items),
+                                  **hooks)
+        return [_outcome(res) for res in results]
+
+
+def _outcome(res: Any) -> Outcome:
+    """A RefineResult → the Outcome the OpenAI response is built from."""
+    calls, error = (res.calls, None) if res.calls is not None else parse_answer(res.answer)
+    return Outcome(res.answer, calls, res.rounds, res.tokens, error, res.forward_passes)
 
 

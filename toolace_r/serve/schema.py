@@ -90,6 +90,10 @@ class NamedToolChoice(_Model):
     function: NamedFunction
 
 
+class StreamOptions(_Model):
+    include_usage: bool | None = None  # a last chunk with `usage` and empty `choices`, before `data: [DONE]`
+
+
 class ChatCompletionRequest(_Model):
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -102,6 +106,7 @@ class ChatCompletionRequest(_Model):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     n: int | None = Field(default=None, ge=1)
     stream: bool | None = None
+    stream_options: StreamOptions | None = None
     seed: int | None = None
     # extension: cap on adaptive refinement rounds for this request (1 = one pass, no refinement)
     max_refine_rounds: int | None = Field(default=None, ge=1, le=MAX_REFINE_ROUNDS_LIMIT)
