@@ -166,3 +166,29 @@ def test_small_files_and_ray_train_storage_through_the_store(fake_store, tmp_pat
     assert prompt_style_for(cfg, "fake://bucket/m") == "signature"  # read from the store...
     assert not (tmp_path / "cache" / "models").exists()  # ...without downloading the model dir
     assert prompt_style_for(cfg, "fake://bucket/other") == "compact"
+
+
+def test_a_resumed_run_dir_that_recorded_mirror_paths_reads_its_models_from_the_store(fake_store, tmp_path):
+    """A remote run dir written before model dirs lived in the store (d36b4d0) recorded them by their path in the
+    driver's mirror and pushed them with the mirror; pull() leaves them in the store now, so the recorded path names
+    nothing on a fresh node. `recorded` turns it into the URI, which localize() reads; other names pass unchanged."""
+    import shutil
+
+    run = storage.RunDir("fake://bucket/runs/old")
+    (run.local / "iter_000" / "model").mkdir(parents=True)
+    (run.local / "iter_000" / "model" / "config.json").write_text("{}")
+    old_record = str(run.local.resolve() / "iter_000" / "model")  # what d36b4d0's train() wrote to state.json
+    run.push()
+    shutil.rmtree(run.local)  # a fresh node: nothing but the store
+    resumed = storage.RunDir("fake://bucket/runs/old")
+    resumed.pull()
+    assert not Path(old_record).exists()
+    assert resumed.recorded(old_record) == "fake://bucket/runs/old/iter_000/model"
+    assert (Path(storage.localize(resumed.recorded(old_record))) / "config.json").read_text() == "{}"
+    # the same mirror under another cache root (another TOOLACE_CACHE_DIR) is recognised by its name
+    elsewhere = str(tmp_path / "other_cache" / "runs" / run.local.name / "base_model")
+    assert resumed.recorded(elsewhere) == "fake://bucket/runs/old/base_model"
+    for unchanged in ("fake://bucket/runs/old/iter_000/model", str(tmp_path / "tiny-base"), "meta-llama/Llama-3.1-8B"):
+        assert resumed.recorded(unchanged) == unchanged
+    local = storage.RunDir(tmp_path / "runs" / "x")  # a local run dir's paths are what every node reads
+    assert local.recorded(str(local.local / "iter_000" / "model")) == str(local.local / "iter_000" / "model")

@@ -501,7 +501,9 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
         by_id = {s.id: s for s in pool}
         # Every model dir handed to actors and train workers is named the way every node reads it: a path of a local
         # (or shared-mount) run dir, the run dir's URI for a remote one (the dir lives in the store, see storage.py)
-        model = stage("base_model", lambda: base_model_stage(cfg, pool, run_dir, location.publish))["model_dir"]
+        # (location.recorded: a remote run dir started before that recorded its mirror paths; they are URIs now)
+        model = location.recorded(
+            stage("base_model", lambda: base_model_stage(cfg, pool, run_dir, location.publish))["model_dir"])
         base_model = model
         if dev_spec:  # where the dev curve starts; not a candidate for the final model (choose_final_model)
             stage("baseline/dev_eval", lambda: eval_stage(cfg, base_model, run_dir / "baseline", dev_spec))
@@ -536,7 +538,7 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
             shared_it = location.shared(it_dir) if location.remote else ""
             trained = stage(iter_key(iteration, "train"),
                             lambda: train_stage(cfg, start_from, corpus["path"], it_dir, shared_it))
-            model = models[iteration] = trained["model_dir"]
+            model = models[iteration] = location.recorded(trained["model_dir"])
             if dev_spec:
                 dev_results[iteration] = stage(iter_key(iteration, "dev_eval"),
                                                lambda: eval_stage(cfg, model, it_dir, dev_spec))

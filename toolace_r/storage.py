@@ -231,6 +231,21 @@ class RunDir:
             raise ConfigError(f"{path} is not inside the run dir's local mirror {self.local}") from None
         return self.uri(*rel.parts)
 
+    def recorded(self, model_dir: str) -> str:
+        """A model dir as an earlier attempt recorded it in state.json → the name every node reads it by now.
+        Before model dirs lived in the store only, a remote run dir recorded them by their path in the driver's
+        mirror (`…/runs/<name>-<digest>/iter_NNN/model`); `push()` had uploaded them, but `pull()` no longer brings
+        them back (SKIP_ON_PULL), so such a path becomes the run dir's URI for the same relative path. Matched by
+        the mirror dir's name, so a mirror under another TOOLACE_CACHE_DIR is recognised too. Anything else (a URI,
+        a local run dir's path, the shipped tiny-base, a hub name) is returned unchanged."""
+        if not self.remote or scheme(model_dir):
+            return model_dir
+        parts = Path(model_dir).parts
+        if self.local.name not in parts:
+            return model_dir
+        at = len(parts) - 1 - parts[::-1].index(self.local.name)
+        return self.uri(*parts[at + 1:])
+
     def publish(self, path: str | os.PathLike) -> str:
         """Make a dir the driver wrote inside `.local` (a model dir) readable by every node and return the name
         they read it by: a local run dir is already shared; a remote one gets the dir uploaded and dropped from the
