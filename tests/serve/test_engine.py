@@ -23,3 +23,25 @@ def test_a_failing_job_does_not_fail_its_batch_neighbours(model_dir):
                for r in (results[0], results[2]))
 
 
+
+
+def test_a_model_dir_in_object_storage_is_served_with_its_own_prompt_style(tiny_model_dir, tmp_path, monkeypatch):
+    """`serve --model s3://…/iter_NNN/model`: the replica loads this node's copy and prompts in the style the model
+    was trained with (its toolace_r.json: compact), not the configured fallback. The store is pyarrow's
+    SubTreeFileSystem under a made-up `fake://` scheme, the layer an s3:// URI goes through."""
+    import shutil
+
+    import pyarrow.fs
+
+    from toolace_r import storage
+
+    root = tmp_path / "store"
+    shutil.copytree(tiny_model_dir, root / "bucket" / "m")
+    real = storage.filesystem
+    monkeypatch.setattr(storage, "filesystem", lambda uri: (
+        (pyarrow.fs.SubTreeFileSystem(str(root), pyarrow.fs.LocalFileSystem()), str(uri)[len("fake://"):])
+        if storage.scheme(uri) == "fake" else real(uri)))
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))
+    engine = Engine.load("fake://bucket/m", dtype="float32", style="toolace")
+    assert engine.style == "compact"
+    assert Engine.load(str(tiny_model_dir), dtype="float32", style="toolace").style == "compact"

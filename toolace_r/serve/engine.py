@@ -68,8 +68,11 @@ class Engine:
     @classmethod
     def load(cls, path: str, dtype: str = "auto", style: str = "", trust_remote_code: bool = False,
              draft_verify: bool = True, reuse_prefix: bool = True) -> "Engine":
-        from toolace_r.models import load_model, read_meta
+        from toolace_r.models import load_model, read_meta, resolve_model_path
 
+        # a model dir in object storage (`serve --model s3://.../iter_NNN/model`): this node's copy, whose
+        # toolace_r.json gives the prompt style it was trained with (read off the URI it would say nothing)
+        path = resolve_model_path(path)
         model, tokenizer = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
         style = read_meta(path).get("prompt_style", style or "toolace")
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
