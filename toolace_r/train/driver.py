@@ -112,7 +112,11 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
         raise ConfigError(f"train.betas = {tcfg.betas}, expected two numbers")
     if tcfg.tokens_per_micro_batch < 1 or tcfg.max_length < 2:
         raise ConfigError("train.tokens_per_micro_batch and train.max_length must be positive")
-    rows = load_rows(data, cfg.model.prompt_style)
+    # samples given as a pool are rendered in the model's own style (its toolace_r.json, as probe and eval render
+    # them, and as the exported tool chat template assumes), else the configured one
+    from toolace_r.probe import prompt_style_for
+
+    rows = load_rows(data, prompt_style_for(cfg, model_path))
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     local_model = Path(model_path)
