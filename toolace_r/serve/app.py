@@ -79,8 +79,12 @@ _ERROR_STATUSES = {400: "invalid request (JSON, types, values, unsupported optio
                    401: "missing or invalid API key", 404: "unknown model", 413: "request body too large",
                    422: "tool_choice could not be satisfied by the model's answer", 500: "the model failed"}
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    # stream: true answers with server-sent events of chat.completion.chunk objects (toolace_r.serve.stream)
-    200: {"model": ChatCompletionResponse, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    # stream: true answers with server-sent events of chat.completion.chunk objects (toolace_r.serve.stream); the
+    # schema describes one event, as OpenAPI 3.2 and schemathesis read an event stream
+    200: {"model": ChatCompletionResponse, "content": {"text/event-stream": {"schema": {
+        "type": "object", "required": ["data"],
+        "properties": {"event": {"type": "string"}, "data": {
+            "type": "string", "description": "a chat.completion.chunk as JSON, an {\"error\": ...} object, or [DONE]"}}}}}},
     **{code: {"model": ErrorResponse, "description": why} for code, why in _ERROR_STATUSES.items()},
 }
 CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
