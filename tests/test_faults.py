@@ -64,6 +64,17 @@ def _read_metrics(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
+def _run_to_end(cmd: list[str], env: dict, log_path: Path, timeout: float) -> tuple[int, str]:
+    """Run the command in a session of its own until it exits (its Ray dies with the session); → (exit code, output)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        finally:
+            end_session(proc.pid, term_grace_s=0)
+    return rc, log_path.read_text()
+
+
 def test_training_worker_killed_resumes_from_last_checkpoint(ray_local, tiny_model_dir, tmp_path):
     """SIGKILL one of the two RayTrainWorker processes after step ≥ 8 (checkpoints every 5): Ray Train restarts the
     group from the last checkpoint, the run ends with the configured step count, and the loss curve has every step
@@ -161,13 +172,8 @@ def test_driver_killed_mid_training_resumes_the_stage_from_its_checkpoint(tiny_m
     killed_at = max(r["step"] for r in _read_metrics(out / "metrics.jsonl"))
     assert planned and killed_at >= kill_after
 
-    with open(tmp_path / "attempt2.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=420)
-        finally:
-            end_session(proc.pid, term_grace_s=0)
-    assert rc == 0, (tmp_path / "attempt2.log").read_text()[-4000:]
+    rc, rerun_log = _run_to_end(cmd, env, tmp_path / "attempt2.log", timeout=420)
+    assert rc == 0, rerun_log[-4000:]
     summary = json.loads((out / "train_summary.json").read_text())
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert summary["steps"] == planned and summary["restarts"] == 1, (planned, summary)
@@ -277,13 +283,7 @@ def test_driver_killed_mid_probe_probes_only_the_rest(ray_local, tiny_model_dir,
     kept = finished_rows()
     assert 16 <= kept < 96 and not out.exists()
 
-    with open(tmp_path / "attempt2.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=400)
-        finally:
-            end_session(proc.pid, term_grace_s=0)
-    rerun_log = (tmp_path / "attempt2.log").read_text()
+    rc, rerun_log = _run_to_end(cmd, env, tmp_path / "attempt2.log", timeout=400)
     assert rc == 0, rerun_log[-4000:]
     logs = rerun_log + "".join(f.read_text(errors="replace") for f in (tmp_path / "run" / "logs").glob("*.log"))
     assert "were probed before, probing the rest" in logs
