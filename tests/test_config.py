@@ -63,10 +63,29 @@ def test_override_without_equals():
 @pytest.mark.parametrize("override,key", [("select.policy=best", "select.policy"),
                                           ("pool.on_error=ignore", "pool.on_error"),
                                           ("train.zero_stage=4", "train.zero_stage"),
-                                          ("model.prompt_style=fancy", "model.prompt_style")])
+                                          ("model.prompt_style=fancy", "model.prompt_style"),
+                                          ("eval.decoder=strict", "eval.decoder"),
+                                          ("probe.decoder=strict", "probe.decoder")])
 def test_choices_are_checked(override, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):
         load_config(None, [override])
+
+
+def test_the_leaderboards_decoder_judges_eval_and_probe_by_default(tmp_path):
+    """eval.decoder defaults to BFCL's decoder; probe.decoder follows eval.decoder unless set, so the probe (and the
+    refinement corpus built from its verdicts) judges answers as the evaluation does. Both stay overridable."""
+    for cfg in (load_config(), Config()):
+        assert cfg.eval.decoder == "bfcl" and cfg.probe.decoder == "bfcl"
+    lenient = load_config(None, ["eval.decoder=lenient"])
+    assert lenient.eval.decoder == "lenient" and lenient.probe.decoder == "lenient"  # one judge for both
+    from_file = load_config(write(tmp_path, "eval:\n  decoder: lenient\n"))
+    assert from_file.probe.decoder == "lenient"
+    apart = load_config(None, ["probe.decoder=lenient"])  # set apart on purpose (the driver warns)
+    assert apart.probe.decoder == "lenient" and apart.eval.decoder == "bfcl"
+    apart = load_config(write(tmp_path, "eval:\n  decoder: lenient\n"), ["probe.decoder=bfcl"])
+    assert apart.probe.decoder == "bfcl" and apart.eval.decoder == "lenient"
+    # a run dir's saved config records the decoder the probe used
+    assert load_config(write(tmp_path, to_yaml(lenient))).probe.decoder == "lenient"
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -129,6 +129,14 @@ def test_eval_command_prints_the_table(tmp_path, capsys):
     assert rc == 0
     assert "overall" in out and "100.0%" in out
     assert (tmp_path / "metrics.json").is_file()
+    # by default the answers are read with BFCL's decoder, and the table says so; lenient is labelled as not it
+    assert "decoder: bfcl (the leaderboard's)" in out
+    assert json.loads((tmp_path / "metrics.json").read_text())["decoder"] == "bfcl"
+    rc = main(["eval", "--model", ORACLE, "--data", "builtin", "--out", str(tmp_path / "lenient"), "--decoder",
+               "lenient", "eval.num_actors=0", "pool.builtin.n_train=100", "pool.builtin.n_heldout=20"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "decoder: lenient (not the leaderboard's)" in out
+    assert json.loads((tmp_path / "lenient" / "metrics.json").read_text())["decoder"] == "lenient"
 
 
 # ------------------------------------------------------------------------------------------------- the one table

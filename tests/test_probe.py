@@ -11,7 +11,7 @@ import pytest
 import ray.cloudpickle
 
 from toolace_r.calls import check
-from toolace_r.config import BuiltinPoolConfig, Config, SelectConfig
+from toolace_r.config import BuiltinPoolConfig, Config, SelectConfig, load_config
 from toolace_r.data.pool import load_builtin
 from toolace_r.data.prompts import render_answer
 from toolace_r.errors import ConfigError, DataError
@@ -26,15 +26,27 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 class GoldForcingActor(ProbeActor):
     """The real probe actor whose model is constrained (a logits processor) to emit the gold answer for the ids in
-    `forced_ids`. Prompt rendering, generate, decoding, parsing and checking are all the production code."""
+    `forced_ids`, written as `written` writes it. Prompt rendering, generate, decoding, parsing and checking are all
+    the production code."""
 
     forced_ids: frozenset[str] = frozenset()
+
+    @staticmethod
+    def written(gold: str) -> str:
+        return gold
 
     def logits_processor(self, samples, prompts):
         from transformers import LogitsProcessorList
 
-        gold = {p: render_answer(s.gold_calls()) for s, p in zip(samples, prompts) if s.id in self.forced_ids}
+        gold = {p: self.written(render_answer(s.gold_calls())) for s, p in zip(samples, prompts)
+                if s.id in self.forced_ids}
         return LogitsProcessorList([ForceTokens.for_texts(self.generator.tokenizer, gold)]) if gold else None
+
+
+def fenced(gold: str) -> str:
+    """The gold answer in a ```python fence: the lenient decoder reads it, BFCL's decoder (and so the leaderboard)
+    rejects it (design/BFCL_RULES.md)."""
+    return f"```python\n{gold}\n```"
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +60,8 @@ def pool():
     return picked
 
 
-def probe_cfg(k: int = 3, max_new_tokens: int = 16) -> Config:
-    cfg = Config()
+def probe_cfg(k: int = 3, max_new_tokens: int = 16, *overrides: str) -> Config:
+    cfg = load_config(None, list(overrides))  # the defaults, as a job gets them
     cfg.probe.k = k
     cfg.probe.num_actors = 1
     cfg.probe.cpus_per_actor = 1.0
@@ -69,7 +81,7 @@ def test_every_sample_gets_one_row_with_k_answers_judged_by_the_checker(ray_loca
         assert row["k"] == 3 and len(row["answers"]) == 3 and len(row["verdicts"]) == 3 and len(row["n_tokens"]) == 3
         assert 0.0 <= row["pass_rate"] <= 1.0
         assert row["category"] == sample.category
-        recomputed = [check(a, sample.tools, sample.truth, sample.category, "lenient") for a in row["answers"]]
+        recomputed = [check(a, sample.tools, sample.truth, sample.category, "bfcl") for a in row["answers"]]
         assert [json.loads(v) for v in row["verdicts"]] == [v.to_dict() for v in recomputed]
         assert row["n_correct"] == sum(v.valid for v in recomputed)
         assert row["pass_rate"] == row["n_correct"] / 3
@@ -106,6 +118,31 @@ def test_forced_gold_answers_get_pass_rate_one_and_are_dropped_as_mastered(ray_l
     assert forced.isdisjoint(selection.ids)  # mastered: dropped
     assert selection.counts["mastered"] >= len(forced)
     assert (rows.keys() - forced) - {i for i in rows if rows[i]["pass_rate"] == 1.0} <= set(selection.ids)
+
+
+def test_the_probe_judges_with_the_leaderboards_decoder_by_default(ray_local, tiny_model_dir, pool, tmp_path):
+    """A right call in a form BFCL's decoder rejects (a ```python fence) is a wrong answer to the probe with the
+    default config — it judges as the evaluation does (eval.decoder = bfcl), so such an answer never becomes a
+    "keep" row of the refinement corpus. With eval.decoder=lenient the probe follows and accepts it."""
+    wants_call = [s for s in pool if s.truth][:3]
+    forced = frozenset(s.id for s in wants_call)
+    actor = type("FencingActor", (GoldForcingActor,), {"forced_ids": forced, "written": staticmethod(fenced)})
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    longest = max(len(tokenizer(fenced(render_answer(s.gold_calls())))["input_ids"]) for s in wants_call)
+    for overrides, valid in (((), False), (("eval.decoder=lenient",), True)):
+        cfg = probe_cfg(1, longest + 2, *overrides)
+        assert cfg.probe.decoder == ("lenient" if valid else "bfcl")
+        rows = {r["id"]: r for r in read_probe(probe(cfg, str(tiny_model_dir), wants_call,
+                                                     tmp_path / f"probe_{cfg.probe.decoder}", actor_cls=actor))}
+        for s in wants_call:
+            (answer,), (verdict,) = rows[s.id]["answers"], rows[s.id]["verdicts"]
+            assert answer == fenced(render_answer(s.gold_calls()))
+            assert check(answer, s.tools, s.truth, s.category, "lenient").valid  # a right call, leniently read
+            assert json.loads(verdict)["valid"] is valid and rows[s.id]["pass_rate"] == float(valid)
+            if not valid:
+                assert json.loads(verdict)["error_type"] == "ast_decoder:decoder_failed"
+        summary = json.loads((tmp_path / f"probe_{cfg.probe.decoder}" / SUMMARY_FILE).read_text())
+        assert summary["decoder"] == cfg.probe.decoder
 
 
 def test_bad_inputs_are_named(tiny_model_dir, tmp_path):

@@ -1,5 +1,7 @@
 """The self-refinement corpus: targets, ratios, dedupe, trimming, seeding, errors, and that its prompts are exactly the
-ones adaptive refinement builds at inference (same template, rendered through a real chat template)."""
+ones adaptive refinement builds at inference (same template, rendered through a real chat template). The probe rows are
+judged as the probe judges by default (BFCL's decoder, eval.decoder), and a right answer's "keep" target is the
+canonical rendering of the calls that decoder read."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,12 +10,14 @@ from collections import Counter
 
 import pytest
 
-from toolace_r.calls import check
-from toolace_r.config import RefineConfig
+from toolace_r.calls import check, parse_calls
+from toolace_r.config import Config, RefineConfig
 from toolace_r.data import prompts
 from toolace_r.data.default_pool import generate_pool
 from toolace_r.errors import DataError
-from toolace_r.refine_corpus import build_corpus, split_answers
+from toolace_r.refine_corpus import build_corpus, keep_target, split_answers
+
+DECODER = Config().probe.decoder  # what the probe judges with by default: BFCL's decoder (test_config checks it)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +38,10 @@ def _wrong(sample, variant: int) -> str:
     return prompts.render_answer(calls)
 
 
-def _probe_row(sample, answers: list[str]) -> dict:
-    verdicts = [json.dumps(dataclasses.asdict(check(a, sample.tools, sample.truth, sample.category))) for a in answers]
+def _probe_row(sample, answers: list[str], decoder: str = DECODER) -> dict:
+    """A probe result row whose verdicts are the probe's own judgement (calls.check with `decoder`)."""
+    verdicts = [json.dumps(dataclasses.asdict(check(a, sample.tools, sample.truth, sample.category, decoder)))
+                for a in answers]
     n_correct = sum(json.loads(v)["valid"] for v in verdicts)
     return {"id": sample.id, "category": sample.category, "k": len(answers), "n_correct": n_correct,
             "pass_rate": n_correct / len(answers), "answers": answers, "verdicts": verdicts}
@@ -69,10 +75,109 @@ def test_targets_wrong_to_gold_right_unchanged(samples):
         assert row["chat"][-1] == {"role": "user", "content": prompts.REFINE_INSTRUCTION}
         if row["kind"] == "refine_wrong":
             assert previous != gold and row["completion"] == gold
-            assert not check(previous, sample.tools, sample.truth, sample.category).valid
-        else:
-            assert row["completion"] == previous
-            assert check(previous, sample.tools, sample.truth, sample.category).valid
+            assert not check(previous, sample.tools, sample.truth, sample.category, DECODER).valid
+        else:  # the right answer here is the canonical gold text: keeping it repeats it
+            assert row["completion"] == previous == keep_target(previous, DECODER, sample.tools)
+            assert check(previous, sample.tools, sample.truth, sample.category, DECODER).valid
+
+
+def _written(calls, *, spaced=False, quote='"', reverse=False, brackets=True) -> str:
+    """The calls written by hand in a form other than render_answer's: spaces around `=` and `,`, single-quoted
+    strings, keywords in reverse order, no outer brackets."""
+    def value(v):
+        return repr(v) if quote == "'" else json.dumps(v) if isinstance(v, str) else repr(v)
+
+    sep, eq = (" , ", " = ") if spaced else (", ", "=")
+    parts = []
+    for c in calls:
+        items = list(c["arguments"].items())[::-1 if reverse else 1]
+        parts.append(f"{c['name']}(" + sep.join(f"{k}{eq}{value(v)}" for k, v in items) + ")")
+    text = sep.join(parts)
+    return f"[{text}]" if brackets else text
+
+
+def test_a_right_answer_is_kept_in_its_canonical_form(samples):
+    """A right answer written in a form the judge accepts but render_answer does not write (extra spaces, single
+    quotes, another keyword order, no outer brackets) keeps as the canonical rendering of the calls the judge read —
+    the gold text here, as the gold calls are in schema order — never verbatim. The previous answer in the prompt
+    stays as the model wrote it."""
+    many = [s for s in samples if any(len(c["arguments"]) >= 2 for c in s.gold_calls())][:8]
+    quoted = [s for s in samples if any(isinstance(v, str) for c in s.gold_calls() for v in c["arguments"].values())]
+    assert len(many) >= 3 and quoted
+    forms = [dict(spaced=True), dict(quote="'"), dict(reverse=True), dict(brackets=False),
+             dict(spaced=True, quote="'", reverse=True, brackets=False)]
+    checked = 0
+    for sample in {s.id: s for s in many + quoted[:3]}.values():
+        gold = prompts.render_answer(sample.gold_calls())
+        for form in forms:
+            written = _written(sample.gold_calls(), **form)
+            if written == gold:
+                continue  # e.g. single quotes on a call without string values, one keyword reversed
+            assert check(written, sample.tools, sample.truth, sample.category, DECODER).valid, written
+            assert keep_target(written, DECODER, sample.tools) == gold
+            row = _probe_row(sample, [written, _wrong(sample, 0)])
+            corpus = build_corpus({sample.id: sample}, [row], [sample.id],
+                                  RefineConfig(wrong_per_sample=0, right_per_sample=1, corpus_fraction=0.9), "compact",
+                                  decoder=DECODER)
+            (keep,) = [r for r in corpus if r["kind"] == "refine_right"]
+            assert keep["chat"][-2]["content"] == written and keep["completion"] == gold
+            checked += 1
+    assert checked >= 3 * len(forms)
+    # without the schema the calls are rendered in the order they were written; the format is still canonical
+    reverse = next(s for s in many if len(s.gold_calls()) == 1)
+    call = json.loads(json.dumps(reverse.gold_calls()[0]))
+    call["arguments"] = dict(reversed(list(call["arguments"].items())))
+    written = _written(reverse.gold_calls(), spaced=True, quote="'", reverse=True)
+    assert keep_target(written, DECODER) == prompts.render_answer([call]) != written
+
+
+def test_keep_targets_are_read_by_the_judges_decoder(samples):
+    """The keep target is what the decoder the probe judged with read: under BFCL's decoder a right no-call answer
+    (an irrelevance item's prose, which BFCL cannot decode) keeps as NO_CALL_ANSWER; an answer only the lenient decoder
+    reads (a ```python fence) is wrong to the default probe — a refine_wrong row towards the gold, never a "keep" —
+    and a probe set to the lenient decoder keeps it as the canonical calls, a form BFCL's decoder accepts."""
+    irr = dataclasses.replace(samples[0], id="irr", truth=[], category="irrelevance")
+    prose = "Sorry, no tool here can look that up."
+    assert check(prose, irr.tools, irr.truth, irr.category, DECODER).valid
+    assert keep_target(prose, DECODER, irr.tools) == prompts.NO_CALL_ANSWER
+    corpus = build_corpus({"irr": irr}, [_probe_row(irr, [prose])], ["irr"], RefineConfig(corpus_fraction=0.9),
+                          "compact", decoder=DECODER)
+    assert [(r["kind"], r["completion"]) for r in corpus if r["kind"] != "direct"] == [
+        ("refine_right", prompts.NO_CALL_ANSWER)]
+
+    sample = samples[0]
+    gold = prompts.render_answer(sample.gold_calls())
+    fenced = f"```python\n{gold}\n```"
+    assert check(fenced, sample.tools, sample.truth, sample.category, "lenient").valid
+    row = _probe_row(sample, [fenced])  # the default probe's judgement
+    assert split_answers(row) == ([fenced], [])
+    corpus = build_corpus({sample.id: sample}, [row], [sample.id], RefineConfig(corpus_fraction=0.9), "compact",
+                          decoder=DECODER)
+    assert [(r["kind"], r["completion"]) for r in corpus if r["kind"] != "direct"] == [("refine_wrong", gold)]
+    lenient = build_corpus({sample.id: sample}, [_probe_row(sample, [fenced], "lenient")], [sample.id],
+                           RefineConfig(corpus_fraction=0.9), "compact", decoder="lenient")
+    (keep,) = [r for r in lenient if r["kind"] == "refine_right"]
+    assert keep["completion"] == gold and parse_calls(keep["completion"], "bfcl") == sample.gold_calls()
+
+
+def test_the_drivers_corpus_stage_keeps_with_the_probes_decoder(samples, tmp_path):
+    """driver.corpus_stage hands probe.decoder (by default eval.decoder) to build_corpus: with the default config a
+    fenced right answer is a wrong one; with eval.decoder=lenient it keeps, canonically written."""
+    from toolace_r.config import load_config
+    from toolace_r.driver import corpus_stage
+    from toolace_r.io import read_jsonl
+
+    sample = samples[0]
+    gold = prompts.render_answer(sample.gold_calls())
+    fenced = f"```python\n{gold}\n```"
+    for overrides, kinds in (([], ["refine_wrong"]), (["eval.decoder=lenient"], ["refine_right"])):
+        cfg = load_config(None, overrides + ["refine.corpus_fraction=0.9"])
+        out = tmp_path / cfg.probe.decoder
+        out.mkdir()
+        result = corpus_stage(cfg, {sample.id: sample}, [_probe_row(sample, [fenced], cfg.probe.decoder)],
+                              [sample.id], "compact", out)
+        rows = [r for r in read_jsonl(result["path"]) if r["kind"] != "direct"]
+        assert [r["kind"] for r in rows] == kinds and [r["completion"] for r in rows] == [gold]
 
 
 def test_ratios_and_distinct_previous_answers(samples):

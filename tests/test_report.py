@@ -86,6 +86,25 @@ def test_write_report_files_with_embedded_plots(tmp_path):
     assert "untrained" in page and "0.550" in page
 
 
+def test_the_report_says_which_decoder_read_the_answers(tmp_path):
+    """The driver records the decoders in state.json; report.json, report.html and the console summary label the
+    figures: bfcl is the leaderboard's decoder, lenient is not, and a probe set apart from eval is named too."""
+    from toolace_r.driver import format_summary
+
+    cases = [({"probe": "bfcl", "eval": "bfcl"}, "decoder: bfcl (the leaderboard's)"),
+             ({"probe": "lenient", "eval": "lenient"}, "decoder: lenient (not the leaderboard's)"),
+             ({"probe": "lenient", "eval": "bfcl"},
+              "decoder: bfcl (the leaderboard's); the probe judged with lenient (not the leaderboard's)")]
+    for decoders, label in cases:
+        rio.write_json(tmp_path / "state.json", dict(two_iteration_state(), decoders=decoders))
+        report = write_report(tmp_path, plots=False)
+        assert report["decoder"] == {**decoders, "label": label}
+        assert rio.read_json(tmp_path / "report.json")["decoder"]["label"] == label
+        assert label.replace("'", "&#x27;") in render_html(report, {})
+        assert label in format_summary(report).splitlines()
+    assert build_report(two_iteration_state(), tmp_path)["decoder"] is None  # a run dir from before: not recorded
+
+
 def test_report_of_an_empty_run_dir(tmp_path):
     report = write_report(tmp_path)
     assert report["iterations"] == [] and report["baseline"] is None

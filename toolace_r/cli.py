@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["eval"].add_argument("--data", nargs="+", help="eval specs: builtin | bfcl:DIR | bfcl:pkg | "
                                  "apibank:FILE_OR_DIR | acebench:DIR | FILE")
     parsers["eval"].add_argument("--out", help="output directory (default: run.dir/eval)")
-    parsers["eval"].add_argument("--decoder", choices=["lenient", "bfcl"], help="decoder for model output")
+    parsers["eval"].add_argument("--decoder", choices=["lenient", "bfcl"],
+                                 help="decoder for model output (overrides eval.decoder, default bfcl: the "
+                                      "leaderboard's; lenient also reads fences, prose around calls, <tool_call> JSON)")
     parsers["eval"].add_argument("--pool", nargs="?", const="config", metavar="PATH",
                                  help="leak check first: count test items that also occur in this pool (a pool.path "
                                       "value; alone: the job's pool section)")

@@ -120,7 +120,10 @@ class ProbeConfig:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     batch_size: int = 16  # samples per map_batches batch
-    decoder: str = "lenient"  # lenient | bfcl
+    # How the probe reads answers before judging them: "" (default) = eval.decoder, so the pass rates and the
+    # refinement corpus's "keep" targets follow the judge the model is scored by (Config.__post_init__ fills it in);
+    # lenient | bfcl to set it apart (the driver warns: a corpus may then teach keeping answers eval rejects).
+    decoder: str = ""
 
 
 @dataclass
@@ -218,7 +221,9 @@ class EvalConfig:
     data: list[str] = field(default_factory=lambda: ["builtin"])  # specs: builtin | bfcl:DIR | apibank:FILE | FILE
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(temperature=0.0))
     max_rounds: int = 3
-    decoder: str = "lenient"  # lenient | bfcl
+    # bfcl: BFCL's own decoder (toolace_r/calls/bfcl.py), so scores compare with the leaderboard's; lenient: also
+    # reads fences, prose around calls, tool_call JSON (labelled "not the leaderboard's" wherever a figure is shown)
+    decoder: str = "bfcl"
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
@@ -296,6 +301,12 @@ class Config:
     ablation: AblationConfig = field(default_factory=AblationConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        # One judge for probing and evaluation unless a job sets probe.decoder itself: filled in here, so that both
+        # `load_config` (OmegaConf builds the dataclass) and a plain `Config()` see the decoder that will be used.
+        if not self.probe.decoder:
+            self.probe.decoder = self.eval.decoder
+
 
 _CHOICES = {
     "model.dtype": {"auto", "float32", "bfloat16", "float16"},
@@ -303,7 +314,7 @@ _CHOICES = {
     "pool.format": {"auto", "toolace", "sharegpt", "openai", "bfcl", "apibank", "toolrl", "samples"},
     "pool.on_error": {"raise", "skip"},
     "run.final_model_metric": {"refined_accuracy", "accuracy"},
-    "probe.decoder": {"lenient", "bfcl"},
+    "probe.decoder": {"", "lenient", "bfcl"},  # "" = eval.decoder
     "eval.decoder": {"lenient", "bfcl"},
     "select.policy": {"learnable", "threshold", "all", "random"},
     "train.init": {"continue", "base"},

@@ -426,7 +426,8 @@ def select_stage(cfg: Config, rows: list[dict], iteration: int, previous: set[st
 def corpus_stage(cfg: Config, by_id: dict[str, Sample], rows: list[dict], ids: list[str], style: str, out: Path) -> dict:
     from toolace_r.refine_corpus import build_corpus
 
-    corpus = build_corpus(by_id, rows, ids, cfg.refine, style)
+    # the decoder that judged the probe rows reads the "keep" targets of the right answers (refine_corpus.keep_target)
+    corpus = build_corpus(by_id, rows, ids, cfg.refine, style, decoder=cfg.probe.decoder)
     path = out / "corpus.jsonl"
     rio.write_jsonl(path, corpus)
     kinds = Counter(r["kind"] for r in corpus)
@@ -488,10 +489,16 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
 
     t_start = time.time()
     check_decision_config(cfg)
+    if cfg.probe.decoder != cfg.eval.decoder:
+        log.warning("probe.decoder=%s differs from eval.decoder=%s: pass rates and the refinement corpus's \"keep\" "
+                    "targets follow a judge other than the one the model is scored by (leave probe.decoder unset to "
+                    "follow eval.decoder)", cfg.probe.decoder, cfg.eval.decoder)
     location = RunDir(cfg.run.dir)  # a path, or s3://… / gs://… used through a local mirror
     location.pull()
     run_dir = prepare_run_dir(cfg, location.local)
     state = RunState(run_dir)
+    state.data["decoders"] = {"probe": cfg.probe.decoder, "eval": cfg.eval.decoder}  # the report labels its figures
+    state.save()
     log.info("run dir %s (%s)", location.location, "resuming" if state.data["stages"] else "new run")
     started_ray = init_ray(cfg)
     try:
@@ -605,6 +612,8 @@ def format_summary(report: dict) -> str:
     from toolace_r.report import format_leaks_and_summaries
 
     extras = format_leaks_and_summaries(report)  # per-iteration benchmark summaries, the leak check (report.py)
+    if report.get("decoder"):
+        lines.append(report["decoder"]["label"])
     if final:
         lines.append(f"\n* final model: {final.get('reason')}")
         vs = final.get("test_vs_baseline") or {}

@@ -3,9 +3,9 @@
 `evaluate(cfg, model_path, specs, out_dir)` loads each eval spec (`builtin` = the held-out split of the built-in pool,
 `bfcl:DIR[:cats]` / `bfcl:pkg`, `apibank:FILE_OR_DIR`, `acebench:DIR[:cats]`, or any sample file;
 toolace_r.data.pool.load_eval_spec), runs every sample through adaptive self-refinement (toolace_r.refine) and judges
-the first answer (= the single-pass answer) and the final answer with the AST checker (toolace_r.calls.check,
-`eval.decoder` lenient | bfcl) — or, for an item that carries its benchmark's own rule (ACEBench), by that rule
-(`Sample.verdict`).
+the first answer (= the single-pass answer) and the final answer with the AST checker (toolace_r.calls.check, the
+answer read by `eval.decoder`: bfcl, BFCL's own decoder, by default | lenient) — or, for an item that carries its
+benchmark's own rule (ACEBench), by that rule (`Sample.verdict`).
 
 The samples flow through Ray Data: fixed batches of `eval.batch_size` items (toolace_r.raydata; greedy answers
 depend on a batch's padding, so the batches must not depend on the cluster or its load) → `map_batches(EvalActor)`
@@ -351,8 +351,9 @@ def _plain(value: Any) -> Any:
 
 
 def eval_command(args: Any, cfg: Config) -> int:
-    """`toolace-r eval --model DIR|oracle:gold|openai:URL[#name] --data SPEC... [--out DIR] [--decoder bfcl]
+    """`toolace-r eval --model DIR|oracle:gold|openai:URL[#name] --data SPEC... [--out DIR] [--decoder lenient]
     [--pool [PATH]]`."""
+    from toolace_r.calls import decoder_label
     from toolace_r.endpoint import NOTE, is_endpoint
 
     model = getattr(args, "model", None) or cfg.model.path
@@ -382,7 +383,7 @@ def eval_command(args: Any, cfg: Config) -> int:
     rounds = (NOTE if is_endpoint(model) else
               f"single = one pass; refined = adaptive self-refinement (≤ {cfg.eval.max_rounds} rounds)")
     print(f"\n{rounds}; 95 % intervals: Wilson for a category, normal from the categories' for a mean; "
-          f"decoder {cfg.eval.decoder}; details in {out}/metrics.json and {out}/outputs.jsonl")
+          f"decoder: {decoder_label(cfg.eval.decoder)}; details in {out}/metrics.json and {out}/outputs.jsonl")
     return 0
 
 

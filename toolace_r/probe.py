@@ -72,7 +72,7 @@ class ProbeActor:
         prompt_style: str,
         k: int,
         generation: dict[str, Any],
-        decoder: str = "lenient",
+        decoder: str = "bfcl",  # probe() passes probe.decoder (by default eval.decoder: one judge for both)
         dtype: str = "auto",
         trust_remote_code: bool = False,
         torch_threads: float = 0,  # CPUs of this actor → its torch threads (generation.pin_torch_threads); 0: as is
@@ -273,7 +273,8 @@ def probe(
             _order_files(tmp, positions)
         wall = time.perf_counter() - start
         summary = summarize(str(tmp), wall)
-        summary.update(model_path=model_path, prompt_style=style, k=pc.k, temperature=pc.generation.temperature)
+        summary.update(model_path=model_path, prompt_style=style, k=pc.k, temperature=pc.generation.temperature,
+                       decoder=pc.decoder)
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         _replace_dir(tmp, out)
     finally:

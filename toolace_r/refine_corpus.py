@@ -5,7 +5,9 @@ For each selected sample the corpus holds
 - refinement rows built from the model's own answers sampled while probing (no extra generation needed): the dialogue,
   one previous answer and the fixed instruction (`prompts.refine_messages`) →
   the gold answer when that previous answer was judged wrong (`refine_wrong`),
-  the identical previous answer when it was judged right (`refine_right`), so the model also learns when to stop.
+  the previous answer itself when it was judged right (`refine_right`), so the model also learns when to stop —
+  as the canonical rendering of the calls the judge read from it (`keep_target`, with the decoder the probe judged
+  with), so a "keep" never teaches a form the judge would reject or merely tolerates.
 
 How many of each come from config (`RefineConfig`): `wrong_per_sample`, `right_per_sample` per sample id (distinct
 previous answers only: a k-sample probe often repeats itself), and `corpus_fraction`, the largest share refinement rows
@@ -19,10 +21,11 @@ import logging
 import random
 from typing import Any, Iterable, Mapping
 
+from toolace_r.calls import parse_calls, prepare_functions
 from toolace_r.config import RefineConfig
 from toolace_r.data import prompts
 from toolace_r.data.schema import Sample
-from toolace_r.errors import DataError
+from toolace_r.errors import CallParseError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +41,34 @@ def direct_row(sample: Sample, style: str) -> dict[str, Any]:
     }
 
 
-def refine_row(sample: Sample, previous: str, right: bool, style: str) -> dict[str, Any]:
+def keep_target(previous: str, decoder: str, tools: list[dict[str, Any]] | None = None) -> str:
+    """The "keep" completion for a previous answer judged right: its calls as `decoder` (the judge's) reads them,
+    rendered canonically (`prompts.render_answer`, as the gold targets are), each call's arguments in its schema's
+    parameter order when `tools` has the schema (the checker ignores keyword order). An answer the decoder reads no
+    call from, or cannot read at all (judged right, so a no-call answer: BFCL counts a decode failure as no call),
+    keeps as NO_CALL_ANSWER."""
+    try:
+        calls = parse_calls(previous, decoder)
+    except CallParseError:
+        calls = []
+    if tools:
+        functions = prepare_functions(tools)
+        for call in calls:
+            fn = functions.find(call["name"])
+            if fn is not None:
+                order = {p: i for i, p in enumerate(fn.params)}
+                args = call["arguments"]  # unknown keys last, as written (sorted() is stable)
+                call["arguments"] = {k: args[k] for k in sorted(args, key=lambda k: order.get(k, len(order)))}
+    return prompts.render_answer(calls)
+
+
+def refine_row(sample: Sample, previous: str, right: bool, style: str, decoder: str = "bfcl") -> dict[str, Any]:
     return {
         "id": sample.id,
         "kind": "refine_right" if right else "refine_wrong",
         "chat": prompts.refine_messages(sample.tools, sample.messages, previous, style),
-        "completion": previous if right else prompts.render_answer(sample.gold_calls()),
+        "completion": (keep_target(previous, decoder, sample.tools) if right
+                       else prompts.render_answer(sample.gold_calls())),
     }
 
 
@@ -103,8 +128,10 @@ def build_corpus(
     selected_ids: Iterable[str],
     cfg: RefineConfig,
     style: str,
+    decoder: str = "bfcl",
 ) -> list[dict[str, Any]]:
-    """Direct rows for every selected id, then refinement rows from the probe answers (see module doc).
+    """Direct rows for every selected id, then refinement rows from the probe answers (see module doc); `decoder`:
+    the one the probe judged the answers with (probe.decoder), which reads the "keep" targets.
     Rows: {"id", "kind": direct|refine_wrong|refine_right, "chat": [{"role","content"}...], "completion": str}."""
     if cfg.wrong_per_sample < 0 or cfg.right_per_sample < 0:
         raise DataError("refine.wrong_per_sample and refine.right_per_sample must be >= 0")
@@ -132,7 +159,7 @@ def build_corpus(
         for answer in rng.sample(wrong, min(cfg.wrong_per_sample, len(wrong))):
             refine.append(refine_row(sample, answer, right=False, style=style))
         for answer in rng.sample(right, min(cfg.right_per_sample, len(right))):
-            refine.append(refine_row(sample, answer, right=True, style=style))
+            refine.append(refine_row(sample, answer, right=True, style=style, decoder=decoder))
     if unprobed:
         log.info("refine corpus: %d selected ids have no probe answers (direct rows only)", unprobed)
     # refinement rows at most corpus_fraction of the total: r <= f * (d + r)  <=>  r <= f / (1 - f) * d

@@ -205,8 +205,22 @@ def build_report(state: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         "baseline_dev": eval_summary(_result(stages, "baseline/dev_eval")),
         "iterations": entries,
         "leaks": _result(stages, "leaks"),
+        "decoder": decoder_entry(state.get("decoders")),
         "wall_s_total": round(sum(s.get("wall_s", 0.0) for s in stages.values()), 1),
     }
+
+
+def decoder_entry(decoders: dict[str, str] | None) -> dict[str, str] | None:
+    """state.json's `decoders` ({"probe", "eval"}: how answers were read before judging) → report.json's `decoder`,
+    with the label every table of the run carries: whether the figures read answers as BFCL's leaderboard does."""
+    if not decoders or not decoders.get("eval"):
+        return None  # a run dir from before the decoders were recorded
+    from toolace_r.calls import decoder_label
+
+    label = f"decoder: {decoder_label(decoders['eval'])}"
+    if decoders.get("probe") and decoders["probe"] != decoders["eval"]:
+        label += f"; the probe judged with {decoder_label(decoders['probe'])}"
+    return {**decoders, "label": label}
 
 
 # ------------------------------------------------------------------------------------ benchmark summaries, leaks
@@ -460,7 +474,8 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:49%;margin:4px}}</style></head>
 <body><h1>toolace-r run report</h1>
 <p>run dir <code>{html.escape(report['run_dir'])}</code> · pool {_fmt(report.get('pool_size'))} samples ({_fmt(report.get('pool_skipped'))} bad records skipped) ·
-{dev_text} · status: {status} · updated {report['updated_at']} · stage time {report['wall_s_total']} s</p>
+{dev_text} · {html.escape((report.get('decoder') or {}).get('label') or 'decoder: not recorded')} · status: {status} ·
+updated {report['updated_at']} · stage time {report['wall_s_total']} s</p>
 <p><b>final model</b>: {_final_text(report)}</p>
 <div>{imgs}</div>
 <h2>Accuracy, selection and training per iteration</h2>

@@ -30,6 +30,12 @@ Call = dict[str, Any]  # {"name": str, "arguments": dict}
 
 DECODERS = ("lenient", "bfcl")
 
+
+def decoder_label(decoder: str) -> str:
+    """How a report names the decoder behind its figures: only `bfcl` reads answers as the leaderboard does."""
+    return f"{decoder} (the leaderboard's)" if decoder == "bfcl" else f"{decoder} (not the leaderboard's)"
+
+
 # Model text is parsed under this file name, so that Python's compile-time warnings about it ("invalid decimal
 # literal", "invalid escape sequence") are silenced without touching warnings about real code.
 SOURCE_NAME = "<model-output>"
