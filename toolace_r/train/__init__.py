@@ -5,6 +5,7 @@ One `train()` call, module by module:
     driver.py      validate rows → Ray Data dataset → TorchTrainer(N workers) → fit → OUT/model, OUT/metrics.jsonl
     worker.py      per worker: its shard → tokenise → micro-batches → DeepSpeed steps → checkpoints → final model
     rows.py        training rows, tokenisation (loss on the answer only), length-grouped micro-batches, the schedule
+    loss.py        a step's loss = Σ target-token CE over its micro-batches and ranks / the step's global target count
     optim.py       the DeepSpeed config, precision, AdamW parameter groups, the LR schedule
     checkpoint.py  Ray Train checkpoints, metrics and the progress file a run leaves behind as it goes
     export.py      the trained weights as a plain HF model dir (ZeRO-3 gathered, LoRA merged)

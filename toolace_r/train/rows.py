@@ -175,12 +175,19 @@ def collate(examples: list[dict], pad_id: int) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def target_count(example: dict) -> int:
+    """Target tokens of a tokenised row: the labels a prediction is scored against. A causal LM's loss shifts the
+    labels (position i predicts label i+1), so the first label is never one; the rest count unless IGNORE_INDEX (what
+    HF Trainer counts for `num_items_in_batch`). encode_row always keeps ≥ 1 prompt token, so this is every answer
+    token."""
+    return sum(1 for t in example["labels"][1:] if t != IGNORE_INDEX)
+
+
 def batch_stats(examples: list[dict]) -> tuple[int, int, int]:
     """(real tokens, padding tokens, target tokens) of a micro-batch."""
     real = sum(len(e["input_ids"]) for e in examples)
     width = max(len(e["input_ids"]) for e in examples)
-    target = sum(sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in examples)
-    return real, width * len(examples) - real, target
+    return real, width * len(examples) - real, sum(target_count(e) for e in examples)
 
 
 def build_schedule(n_rows: int, lengths: list[int], tcfg: TrainConfig, agree_min=lambda n: n,

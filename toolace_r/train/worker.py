@@ -1,6 +1,7 @@
 """The Ray Train worker loop: one process per `train.num_workers`, run by TorchTrainer.
 
     its shard → tokenise (prompt masked) → length-grouped micro-batches → DeepSpeed steps
+    (each step's loss: Σ target-token CE over its micro-batches and ranks / the step's global target count, loss.py)
     → every `checkpoint_every` steps `ray.train.report(checkpoint=DeepSpeed checkpoint)`
     → at the end a plain HF model dir (ZeRO-3 weights gathered, LoRA merged) as the final checkpoint
 
@@ -31,6 +32,13 @@ from toolace_r.train.checkpoint import (
     _write_progress,
 )
 from toolace_r.train.export import _peft_config, gather_state_dict, save_hf_model
+from toolace_r.train.loss import (
+    deepspeed_loss_factor,
+    global_step_targets,
+    hf_takes_num_items,
+    micro_batch_step,
+    step_target_counts,
+)
 from toolace_r.train.optim import (
     _param_groups,
     _skip_shm_comm_build,
@@ -167,7 +175,11 @@ def _train_worker(config: dict) -> None:
             f"{int(counts[0])} rows give 0 optimizer steps with {world} workers, grad_accum={tcfg.grad_accum}, "
             f"tokens_per_micro_batch={tcfg.tokens_per_micro_batch}: use more data or smaller batches")
 
+    # Each step's target tokens over all ranks (one all_reduce for the whole run): the loss's denominator (loss.py)
+    step_targets = global_step_targets(step_target_counts(examples, schedule, tcfg.grad_accum, total_steps), device)
+
     engine, scheduler, bf16 = _build_engine(config, tcfg, world, on_gpu, total_steps)
+    loss_factor, use_hf_loss = deepspeed_loss_factor(engine), hf_takes_num_items(engine.module)
     resumed = _resume(engine, rank, say)
     if resumed is None:
         say("the last checkpoint is the final model: nothing left to train")
@@ -202,16 +214,15 @@ def _train_worker(config: dict) -> None:
     engine.train()
     for step in range(start_step, total_steps):
         t0, cpu0 = time.perf_counter(), time.process_time()
-        stats = torch.zeros(6, dtype=torch.float64)  # loss sum, micro-batches, real, pad, target tokens, CPU s
+        # step loss (Σ of the micro-batches' shares Σ CE / N_step), micro-batches, real, pad, target tokens, CPU s
+        stats = torch.zeros(6, dtype=torch.float64)
         for micro in schedule[step * ga:(step + 1) * ga]:
             batch_examples = [examples[i] for i in micro]
             batch = {k: v.to(device) for k, v in collate(batch_examples, tokenizer.pad_token_id).items()}
-            with autocast_context(tcfg, device):
-                loss = engine(**batch, use_cache=False).loss
-            engine.backward(loss)
-            engine.step()
+            share = micro_batch_step(engine, batch, step_targets[step], loss_factor, use_hf_loss,
+                                     autocast=lambda: autocast_context(tcfg, device))
             real, pad, target = batch_stats(batch_examples)
-            stats += torch.tensor([loss.item(), 1, real, pad, target, 0.0], dtype=torch.float64)
+            stats += torch.tensor([share, 1, real, pad, target, 0.0], dtype=torch.float64)
         if fail_at and step + 1 == fail_at and config.get("fail_marker") and rank == world - 1:
             marker = Path(config["fail_marker"])
             if not marker.exists():  # fail once only: the marker survives the restart
@@ -231,7 +242,7 @@ def _train_worker(config: dict) -> None:
         done = step + 1
         record = {
             "step": done, "epoch": round(done / max(1, total_steps) * max(tcfg.epochs, 0), 4),
-            "loss": stats[0] / max(1, stats[1]), "lr": scheduler.get_last_lr()[0],
+            "loss": stats[0], "lr": scheduler.get_last_lr()[0],
             "tokens": int(stats[2]), "target_tokens": int(stats[4]),
             "tokens_per_s": stats[2] / dt if dt > 0 else 0.0,
             "padding_fraction": stats[3] / max(1.0, stats[2] + stats[3]),
