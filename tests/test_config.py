@@ -65,7 +65,8 @@ def test_override_without_equals():
                                           ("train.zero_stage=4", "train.zero_stage"),
                                           ("model.prompt_style=fancy", "model.prompt_style"),
                                           ("eval.decoder=strict", "eval.decoder"),
-                                          ("probe.decoder=strict", "probe.decoder")])
+                                          ("probe.decoder=strict", "probe.decoder"),
+                                          ("refine.keep_answer=copy", "refine.keep_answer")])
 def test_choices_are_checked(override, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):
         load_config(None, [override])

@@ -72,7 +72,15 @@ def test_ground_truth_scores_100_percent_on_apibank(shared_data, tmp_path):
 @pytest.mark.slow
 def test_tiny_model_through_ray_actors_with_refinement(tiny_model_dir, ray_local, tmp_path):
     """A real (untrained) model through Ray Data actors: every sample answered, rounds within the cap, tokens
-    counted, and the table and files written. Two specs: keys are prefixed by the spec label."""
+    counted, and the table and files written. Two specs: keys are prefixed by the spec label. The model's
+    toolace_r.json says how it keeps a right answer when refining (confirm), which wins over the config's repeat."""
+    import shutil
+
+    from toolace_r.models import write_meta
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    write_meta(model_dir, keep_answer="confirm")
     cfg = _cfg("eval.num_actors=1", "eval.batch_size=8", "eval.limit=2", "eval.max_rounds=2",
                "eval.generation.max_new_tokens=12", "eval.generation.batch_size=8")
     ds = tmp_path / "extra.jsonl"
@@ -81,7 +89,8 @@ def test_tiny_model_through_ray_actors_with_refinement(tiny_model_dir, ray_local
 
     _, heldout = load_builtin(cfg.pool.builtin)
     rio.write_samples(ds, heldout[:3])
-    result = evaluate(cfg, str(tiny_model_dir), ["builtin", str(ds)], str(tmp_path / "out"))
+    result = evaluate(cfg, str(model_dir), ["builtin", str(ds)], str(tmp_path / "out"))
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["keep_answer"] == "confirm"
     groups = [k for k in result if k != "overall"]
     assert groups and all(k.startswith(("builtin/", "extra/")) for k in groups)
     overall = result["overall"]

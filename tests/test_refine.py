@@ -40,6 +40,11 @@ CASES = {
     "long": lambda prev: "[f(x=1), f(x=2), f(x=3), f(x=4)]",
     # round 2 edits the first call and keeps the rest: after the edit the answer rejoins the draft
     "edit": lambda prev: "[f(x=1), f(x=2), f(x=3), f(x=4)]" if prev is None else "[f(x=9), f(x=2), f(x=3), f(x=4)]",
+    # a model trained with refine.keep_answer=confirm: it confirms a right answer instead of writing it again (shown
+    # the repeat instruction it repeats its call, as a repeat-trained model would: _next)
+    "confirm": lambda prev: "[f(x=5)]" if prev is None else prompts.CONFIRM_ANSWER,
+    "confirm_fix": lambda prev: ("[f(x=2)]" if prev is None else "[f(x=3)]" if prev == "[f(x=2)]"
+                                 else prompts.CONFIRM_ANSWER),
 }
 
 
@@ -120,7 +125,10 @@ def _scripted(tokenizer, seed: int = 0):
             prompt_text = tokenizer.decode(context[: last + 1])
             case = re.search(r"case:(\w+)", prompt_text).group(1)
             shown = re.findall(r"<\|assistant\|>(.*?)<\|end\|>", prompt_text)  # earlier answers in the prompt
-            target = tokenizer(CASES[case](shown[-1] if shown else None), add_special_tokens=False)["input_ids"]
+            answer = CASES[case](shown[-1] if shown else None)
+            if case.startswith("confirm") and shown and prompts.CONFIRM_INSTRUCTION not in prompt_text:
+                answer = shown[-1]
+            target = tokenizer(answer, add_special_tokens=False)["input_ids"]
             target = target + [eos]
             partial = context[last + 1:]
             return target[min(len(partial), len(target) - 1)]
@@ -147,6 +155,38 @@ def test_stops_after_round_two_when_the_answer_repeats(tokenizer):
     # round 1 = prefill + one pass per token after the first; round 2 = one pass verifying the whole draft
     assert res.forward_passes == n + 1
     assert stats[2].forward_passes == 1 and stats[2].draft_accepted == n
+
+
+def test_a_confirmed_answer_stands_and_ends_refinement(tokenizer):
+    """keep_answer=confirm: the refinement prompt carries the confirm instruction, and the confirmation phrase ends
+    the item with its previous answer (it is never returned as the answer: it is not a call, nor a no-call)."""
+    model = _scripted(tokenizer)
+    stats: dict[int, RoundStats] = {}
+    confirmed, fixed = _refine(model, tokenizer, [_item("confirm"), _item("confirm_fix")], max_rounds=4,
+                               keep_answer="confirm", stats=stats)
+    assert (confirmed.rounds, confirmed.answer, confirmed.first_answer) == (2, "[f(x=5)]", "[f(x=5)]")
+    assert confirmed.calls == [{"name": "f", "arguments": {"x": 5}}]
+    assert confirmed.answers == ["[f(x=5)]", "[f(x=5)]"]
+    assert (fixed.rounds, fixed.answer, fixed.first_answer) == (3, "[f(x=3)]", "[f(x=2)]")
+    assert fixed.calls == [{"name": "f", "arguments": {"x": 3}}]
+    # confirming costs the phrase's tokens, not the call's: no draft of the previous answer is fed
+    assert stats[2].draft_accepted == 0
+    def n(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+    assert confirmed.tokens == n("[f(x=5)]") + n(prompts.CONFIRM_ANSWER)
+
+
+def test_a_confirm_trained_model_asked_the_repeat_way_repeats_its_call(tokenizer):
+    """The instruction follows keep_answer: asked with the repeat instruction, the same model repeats its call (the
+    scripted model does what a repeat-trained one would), and two equal calls end refinement as usual."""
+    model = _scripted(tokenizer)
+    (res,) = _refine(model, tokenizer, [_item("confirm")], max_rounds=4)
+    assert (res.rounds, res.answers) == (2, ["[f(x=5)]", "[f(x=5)]"])
+
+
+def test_unknown_keep_answer_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="keep_answer"):
+        _refine(_scripted(tokenizer), tokenizer, [_item("stable")], keep_answer="copy")
 
 
 def test_stops_at_max_rounds_when_the_answer_keeps_changing(tokenizer):

@@ -81,6 +81,28 @@ def test_targets_wrong_to_gold_right_unchanged(samples):
             assert check(previous, sample.tools, sample.truth, sample.category, DECODER).valid
 
 
+def test_confirm_mode_keeps_a_right_answer_with_the_confirmation_phrase(samples):
+    """refine.keep_answer=confirm: the same rows, asked with the confirm instruction; a right previous answer's
+    target is the confirmation phrase, a wrong one's still the gold answer."""
+    by_id = {s.id: s for s in samples}
+    cfg = RefineConfig(wrong_per_sample=1, right_per_sample=1, corpus_fraction=0.9)
+    repeat = build_corpus(by_id, _rows(samples), list(by_id), cfg, "compact")
+    confirm = build_corpus(by_id, _rows(samples), list(by_id), dataclasses.replace(cfg, keep_answer="confirm"),
+                           "compact")
+    assert [(r["id"], r["kind"]) for r in confirm] == [(r["id"], r["kind"]) for r in repeat]
+    for old, row in zip(repeat, confirm):
+        if row["kind"] == "direct":
+            assert row == old
+            continue
+        previous = row["chat"][-2]["content"]
+        assert row["chat"] == prompts.refine_messages(by_id[row["id"]].tools, by_id[row["id"]].messages, previous,
+                                                      "compact", "confirm")
+        assert row["chat"][-1] == {"role": "user", "content": prompts.CONFIRM_INSTRUCTION}
+        assert row["chat"][:-1] == old["chat"][:-1]
+        expected = prompts.CONFIRM_ANSWER if row["kind"] == "refine_right" else old["completion"]
+        assert row["completion"] == expected
+
+
 def _written(calls, *, spaced=False, quote='"', reverse=False, brackets=True) -> str:
     """The calls written by hand in a form other than render_answer's: spaces around `=` and `,`, single-quoted
     strings, keywords in reverse order, no outer brackets."""

@@ -152,20 +152,23 @@ def test_shared_names_and_publish_a_dir_for_every_node(fake_store, tmp_path):
 
 def test_small_files_and_ray_train_storage_through_the_store(fake_store, tmp_path):
     (fake_store / "bucket/m").mkdir(parents=True)
-    (fake_store / "bucket/m/toolace_r.json").write_text('{"prompt_style": "signature"}')
-    assert storage.read_text("fake://bucket/m/toolace_r.json") == '{"prompt_style": "signature"}'
+    meta = '{"prompt_style": "signature", "keep_answer": "confirm"}'
+    (fake_store / "bucket/m/toolace_r.json").write_text(meta)
+    assert storage.read_text("fake://bucket/m/toolace_r.json") == meta
     assert storage.read_text("fake://bucket/m/missing.json") is None
     kwargs = storage.ray_train_storage("fake://bucket/runs/x/ray_train")
     assert kwargs["storage_path"] == "bucket/runs/x/ray_train"
     assert isinstance(kwargs["storage_filesystem"], pyarrow.fs.SubTreeFileSystem)
 
     from toolace_r.config import load_config
-    from toolace_r.probe import prompt_style_for
+    from toolace_r.probe import keep_answer_for, prompt_style_for
 
     cfg = load_config(None, ["model.prompt_style=compact"])
     assert prompt_style_for(cfg, "fake://bucket/m") == "signature"  # read from the store...
+    assert keep_answer_for(cfg, "fake://bucket/m") == "confirm"
     assert not (tmp_path / "cache" / "models").exists()  # ...without downloading the model dir
-    assert prompt_style_for(cfg, "fake://bucket/other") == "compact"
+    assert prompt_style_for(cfg, "fake://bucket/other") == "compact"  # no toolace_r.json: the configured ones
+    assert keep_answer_for(cfg, "fake://bucket/other") == "repeat"
 
 
 def test_a_resumed_run_dir_that_recorded_mirror_paths_reads_its_models_from_the_store(fake_store, tmp_path):

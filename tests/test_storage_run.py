@@ -87,6 +87,7 @@ def test_a_run_on_an_object_store_keeps_models_and_checkpoints_there(tmp_path, m
     # the trained model remembers what it was trained from by its URI, and keeps the base model's prompt style
     meta = json.loads((root / "iter_000/model/toolace_r.json").read_text())
     assert meta["trained_from"] == f"{RUN}/base_model" and meta["prompt_style"] == "compact"
+    assert meta["keep_answer"] == "repeat"  # how its refinement rows kept a right answer (refine.keep_answer)
 
     # Probe and eval actors were handed the URIs...
     probe_summary = json.loads((root / "iter_000/probe/summary.json").read_text())

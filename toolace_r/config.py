@@ -148,6 +148,10 @@ class RefineConfig:
     wrong_per_sample: int = 1  # refinement samples built from wrong answers, per selected id
     right_per_sample: int = 1  # ... from right answers (target = the identical answer)
     corpus_fraction: float = 0.5  # refinement samples at most this fraction of the training set
+    # What a refinement round answers when the previous answer is right: "repeat" it (the paper's "keep the unchanged
+    # answer") or "confirm" it with a fixed phrase (prompts.CONFIRM_ANSWER), after which the previous answer stands.
+    # Recorded in the trained model's toolace_r.json, so evaluation and serving ask it the way it was trained.
+    keep_answer: str = "repeat"
     # Adaptive refinement at inference (PAPER.md §3)
     max_rounds: int = 3
     draft_verify: bool = True  # verify a repeated answer in one forward pass (greedy only)
@@ -318,6 +322,7 @@ _CHOICES = {
     "eval.decoder": {"lenient", "bfcl"},
     "select.policy": {"learnable", "threshold", "all", "random"},
     "train.init": {"continue", "base"},
+    "refine.keep_answer": {"repeat", "confirm"},
     "train.zero_stage": {0, 1, 2, 3},
     "train.precision": {"auto", "fp32", "bf16", "amp_bf16"},
     "train.placement_strategy": {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"},

@@ -88,6 +88,7 @@ class EvalActor:
             max_rounds=int(s["max_rounds"]), max_new_tokens=int(s["max_new_tokens"]), style=self.style,
             draft_verify=bool(s["draft_verify"]), reuse_prefix=bool(s["reuse_prefix"]),
             temperature=float(s["temperature"]), batch_size=int(s["batch_size"]), seed=int(s["seed"]),
+            keep_answer=s["keep_answer"],
         )
         return [{"first_answer": r.first_answer, "answer": r.answer, "answers": list(r.answers or [r.answer]),
                  "rounds": r.rounds, "tokens": r.tokens, "forward_passes": r.forward_passes} for r in results]
@@ -266,7 +267,7 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
 
     from toolace_r.console import Progress
     from toolace_r.endpoint import NOTE, EndpointModel, is_endpoint
-    from toolace_r.probe import ensure_ray, prompt_style_for
+    from toolace_r.probe import ensure_ray, keep_answer_for, prompt_style_for
     from toolace_r.raydata import batched_dataset
     from toolace_r.tables import add_intervals
 
@@ -284,6 +285,7 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
         max_rounds=ec.max_rounds, max_new_tokens=ec.generation.max_new_tokens, temperature=ec.generation.temperature,
         seed=ec.generation.seed, batch_size=ec.generation.batch_size, decoder=ec.decoder,
         draft_verify=cfg.refine.draft_verify, reuse_prefix=cfg.refine.reuse_prefix, dtype=cfg.model.dtype,
+        keep_answer=cfg.refine.keep_answer if endpoint or model_path == ORACLE else keep_answer_for(cfg, model_path),
         trust_remote_code=cfg.model.trust_remote_code, torch_threads=max(1.0, ec.cpus_per_actor),
     )
     start = time.perf_counter()
@@ -331,7 +333,7 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
     metrics = {
         "model": model_path, "specs": list(specs), "decoder": ec.decoder, "max_rounds": ec.max_rounds,
         "prompt_style": style, "draft_verify": cfg.refine.draft_verify, "reuse_prefix": cfg.refine.reuse_prefix,
-        "results": result, "summaries": summaries,
+        "keep_answer": settings["keep_answer"], "results": result, "summaries": summaries,
     }
     if endpoint:
         metrics.update(max_rounds=1, endpoint={"base_url": endpoint.spec.base_url, "model": endpoint.model,

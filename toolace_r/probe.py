@@ -150,18 +150,27 @@ def _samples_from_table(batch: pa.Table) -> list[Sample]:
     return samples
 
 
-def prompt_style_for(cfg: Config, model_path: str) -> str:
-    """The style the model was trained with (its toolace_r.json), else the configured one. A model dir in object
+def model_meta(model_path: str) -> dict:
+    """The model's toolace_r.json (how it was trained to be prompted), {} when it has none. A model dir in object
     storage (a remote run dir's) has its toolace_r.json read from there, not the whole dir downloaded."""
     from toolace_r import storage
     from toolace_r.models import META_FILE, read_meta
 
     if storage.scheme(model_path):
         text = storage.read_text(storage.join(model_path, META_FILE))
-        return json.loads(text).get("prompt_style", cfg.model.prompt_style) if text else cfg.model.prompt_style
-    if Path(model_path).is_dir():
-        return read_meta(model_path).get("prompt_style", cfg.model.prompt_style)
-    return cfg.model.prompt_style
+        return json.loads(text) if text else {}
+    return read_meta(model_path) if Path(model_path).is_dir() else {}
+
+
+def prompt_style_for(cfg: Config, model_path: str) -> str:
+    """The style the model was trained with (its toolace_r.json), else the configured one."""
+    return model_meta(model_path).get("prompt_style", cfg.model.prompt_style)
+
+
+def keep_answer_for(cfg: Config, model_path: str) -> str:
+    """How the model was trained to keep a right answer in a refinement round (its toolace_r.json), else the
+    configured `refine.keep_answer`."""
+    return model_meta(model_path).get("keep_answer", cfg.refine.keep_answer)
 
 
 def ensure_ray(cfg: Config) -> None:

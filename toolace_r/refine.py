@@ -3,8 +3,9 @@ rounds agree.
 
 Round 1 answers the request. Round r > 1 shows the model its previous answer with the fixed instruction
 (`prompts.refine_messages`) and asks again. An item stops when its parsed calls equal the previous round's
-(`calls.calls_equal`: order-insensitive; two no-call answers are equal; an unparseable answer never counts as stable)
-or at `max_rounds`. Many items refine together in one batch and each stops on its own.
+(`calls.calls_equal`: order-insensitive; two no-call answers are equal; an unparseable answer never counts as stable),
+when a model trained with `refine.keep_answer: confirm` answers the confirmation phrase instead of repeating its call
+(the previous answer then stands), or at `max_rounds`. Many items refine together in one batch and each stops on its own.
 
 Why a decoder of our own rather than `model.generate`: the two things that make later rounds cheap need control over
 the KV cache between rounds.
@@ -532,6 +533,7 @@ def adaptive_refine(
     stats: dict[int, RoundStats] | None = None,
     on_tokens: Callable[[int, int, list[int]], bool] | None = None,
     on_result: Callable[[int, RefineResult], None] | None = None,
+    keep_answer: str = "repeat",
 ) -> list[RefineResult]:
     """Answer every item, then refine each until two consecutive rounds agree or `max_rounds` (see module doc).
 
@@ -543,12 +545,17 @@ def adaptive_refine(
     `on_tokens(item, round, new_ids)` after every forward pass with the tokens the item gained (EOS included);
     returning True stops the item (its consumer is gone): its round ends there and it refines no further.
     `on_result(item, result)` the moment an item's last round is decided, before the rest of its batch finishes.
+
+    `keep_answer` is how the model was trained to keep a right answer (refine.keep_answer): "repeat" it, or "confirm"
+    it with `prompts.CONFIRM_ANSWER`, which ends the item with its previous answer (no draft to verify then).
     """
+    if keep_answer not in prompts.REFINE_INSTRUCTIONS:
+        raise ValueError(f"keep_answer must be one of {sorted(prompts.REFINE_INSTRUCTIONS)}, got {keep_answer!r}")
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    draft_verify = draft_verify and temperature <= 0
+    draft_verify = draft_verify and temperature <= 0 and keep_answer == "repeat"
     if (draft_verify or reuse_prefix) and not holes_are_free(model):
         if id(model) not in _PLAIN_ONLY_NOTED:
             _PLAIN_ONLY_NOTED.add(id(model))
@@ -585,7 +592,7 @@ def adaptive_refine(
         for i, res in zip(chunk, _refine_batch(
             model, tokenizer, [items[i] for i in chunk], [first_prompts[i] for i in chunk], encode, decode,
             pick, eos, pad_id, max_rounds, max_new_tokens, style, draft_verify, reuse_prefix, adaptive, stats,
-            item_tokens, item_result,
+            item_tokens, item_result, keep_answer,
         )):
             results[i] = res
     return results  # type: ignore[return-value]
@@ -593,7 +600,7 @@ def adaptive_refine(
 
 def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, eos, pad_id, max_rounds,
                   max_new_tokens, style, draft_verify, reuse_prefix, adaptive, stats, on_tokens=None,
-                  on_result=None) -> list[RefineResult]:
+                  on_result=None, keep_answer="repeat") -> list[RefineResult]:
     n = len(items)
     device = next(model.parameters()).device
     answers: list[list[str]] = [[] for _ in range(n)]
@@ -618,7 +625,8 @@ def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, 
             full = [first_prompts[i] for i in active]
         else:
             full = [encode(prompts.render_prompt(tokenizer, items[i].tools, items[i].messages, style,
-                                                 previous_answer=answers[i][-1])) for i in active]
+                                                 previous_answer=answers[i][-1], keep_answer=keep_answer))
+                    for i in active]
         if batch is None or not reuse_prefix:
             batch = CachedBatch(model, pad_id, len(active))
             segments = full
@@ -644,8 +652,11 @@ def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, 
         still: list[int] = []
         for row, i in enumerate(active):
             text = decode(outs[row])
-            parsed = _parse(text)
-            stable = rnd > 1 and _stable(parsed, calls[i])
+            if rnd > 1 and keep_answer == "confirm" and text == prompts.CONFIRM_ANSWER:
+                text, parsed, stable = answers[i][-1], calls[i], True  # confirmed: the previous answer stands
+            else:
+                parsed = _parse(text)
+                stable = rnd > 1 and _stable(parsed, calls[i])
             answers[i].append(text)
             answer_ids[i] = outs[row]
             calls[i] = parsed
@@ -661,8 +672,3 @@ def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, 
         active = [active[row] for row in still]
     return [result(i) for i in range(n)]
 
-
-def refine_config_kwargs(refine_cfg: Any) -> dict[str, Any]:
-    """The adaptive_refine options a RefineConfig carries."""
-    return {"max_rounds": refine_cfg.max_rounds, "draft_verify": refine_cfg.draft_verify,
-            "reuse_prefix": refine_cfg.reuse_prefix}

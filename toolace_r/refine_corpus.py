@@ -7,7 +7,8 @@ For each selected sample the corpus holds
   the gold answer when that previous answer was judged wrong (`refine_wrong`),
   the previous answer itself when it was judged right (`refine_right`), so the model also learns when to stop —
   as the canonical rendering of the calls the judge read from it (`keep_target`, with the decoder the probe judged
-  with), so a "keep" never teaches a form the judge would reject or merely tolerates.
+  with), so a "keep" never teaches a form the judge would reject or merely tolerates — or, with
+  `keep_answer: confirm`, the fixed confirmation phrase (`prompts.CONFIRM_ANSWER`) instead of the call written again.
 
 How many of each come from config (`RefineConfig`): `wrong_per_sample`, `right_per_sample` per sample id (distinct
 previous answers only: a k-sample probe often repeats itself), and `corpus_fraction`, the largest share refinement rows
@@ -62,13 +63,21 @@ def keep_target(previous: str, decoder: str, tools: list[dict[str, Any]] | None 
     return prompts.render_answer(calls)
 
 
-def refine_row(sample: Sample, previous: str, right: bool, style: str, decoder: str = "bfcl") -> dict[str, Any]:
+def refine_row(sample: Sample, previous: str, right: bool, style: str, decoder: str = "bfcl",
+               keep_answer: str = "repeat") -> dict[str, Any]:
+    """One refinement row. A right previous answer's target is the answer again (`keep_answer` repeat, the paper's) or
+    the confirmation phrase (confirm: `prompts.CONFIRM_ANSWER`); a wrong one's is the gold answer."""
+    if not right:
+        completion = prompts.render_answer(sample.gold_calls())
+    elif keep_answer == "confirm":
+        completion = prompts.CONFIRM_ANSWER
+    else:
+        completion = keep_target(previous, decoder, sample.tools)
     return {
         "id": sample.id,
         "kind": "refine_right" if right else "refine_wrong",
-        "chat": prompts.refine_messages(sample.tools, sample.messages, previous, style),
-        "completion": (keep_target(previous, decoder, sample.tools) if right
-                       else prompts.render_answer(sample.gold_calls())),
+        "chat": prompts.refine_messages(sample.tools, sample.messages, previous, style, keep_answer),
+        "completion": completion,
     }
 
 
@@ -157,9 +166,10 @@ def build_corpus(
         wrong, right = split_answers(row)
         rng = _rng(cfg.seed, sample_id)
         for answer in rng.sample(wrong, min(cfg.wrong_per_sample, len(wrong))):
-            refine.append(refine_row(sample, answer, right=False, style=style))
+            refine.append(refine_row(sample, answer, right=False, style=style, keep_answer=cfg.keep_answer))
         for answer in rng.sample(right, min(cfg.right_per_sample, len(right))):
-            refine.append(refine_row(sample, answer, right=True, style=style, decoder=decoder))
+            refine.append(refine_row(sample, answer, right=True, style=style, decoder=decoder,
+                                     keep_answer=cfg.keep_answer))
     if unprobed:
         log.info("refine corpus: %d selected ids have no probe answers (direct rows only)", unprobed)
     # refinement rows at most corpus_fraction of the total: r <= f * (d + r)  <=>  r <= f / (1 - f) * d

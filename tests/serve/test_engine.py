@@ -45,3 +45,19 @@ def test_a_model_dir_in_object_storage_is_served_with_its_own_prompt_style(tiny_
     engine = Engine.load("fake://bucket/m", dtype="float32", style="toolace")
     assert engine.style == "compact"
     assert Engine.load(str(tiny_model_dir), dtype="float32", style="toolace").style == "compact"
+
+
+def test_a_model_is_asked_to_refine_the_way_it_was_trained(tiny_model_dir, tmp_path):
+    """refine.keep_answer travels with the model (its toolace_r.json); the configured value only fills in for a
+    model that does not say."""
+    import shutil
+
+    from toolace_r.models import write_meta
+
+    assert Engine.load(str(tiny_model_dir), dtype="float32", keep_answer="confirm").keep_answer == "confirm"
+    confirm = tmp_path / "confirm"
+    shutil.copytree(tiny_model_dir, confirm)
+    write_meta(confirm, keep_answer="confirm")
+    assert Engine.load(str(confirm), dtype="float32").keep_answer == "confirm"
+    write_meta(confirm, keep_answer="repeat")
+    assert Engine.load(str(confirm), dtype="float32", keep_answer="confirm").keep_answer == "repeat"

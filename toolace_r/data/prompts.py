@@ -38,6 +38,15 @@ REFINE_INSTRUCTION = (
     "Check your previous answer against the functions and the request. "
     "If it is correct, repeat it exactly; otherwise give the corrected answer."
 )
+# refine.keep_answer=confirm: the model says a right previous answer is right with this phrase instead of writing the
+# call again (a copy can go wrong: a small model miscopies right calls more often than it fixes wrong ones); the
+# round then counts as stable and the previous answer stands (refine.py).
+CONFIRM_ANSWER = "Correct."
+CONFIRM_INSTRUCTION = (
+    "Check your previous answer against the functions and the request. "
+    f"If it is correct, say only \"{CONFIRM_ANSWER}\"; otherwise give the corrected answer."
+)
+REFINE_INSTRUCTIONS = {"repeat": REFINE_INSTRUCTION, "confirm": CONFIRM_INSTRUCTION}
 
 # What the model is trained to say when no function fits (irrelevance). Anything that is not a call is judged
 # "no call" by the checker; a fixed phrase makes the no-call answer stable across refinement rounds.
@@ -101,12 +110,13 @@ def chat_messages(tools: list[dict[str, Any]], messages: list[dict[str, Any]], s
 
 
 def refine_messages(
-    tools: list[dict[str, Any]], messages: list[dict[str, Any]], previous_answer: str, style: str = "toolace"
+    tools: list[dict[str, Any]], messages: list[dict[str, Any]], previous_answer: str, style: str = "toolace",
+    keep_answer: str = "repeat",
 ) -> list[dict[str, str]]:
     """The dialogue, the model's previous answer, and the fixed instruction to check and refine it."""
     return chat_messages(tools, messages, style) + [
         {"role": "assistant", "content": previous_answer},
-        {"role": "user", "content": REFINE_INSTRUCTION},
+        {"role": "user", "content": REFINE_INSTRUCTIONS[keep_answer]},
     ]
 
 
@@ -120,11 +130,12 @@ def answer_suffix(tokenizer: Any) -> str:
     return tokenizer.eos_token or ""
 
 
-def render_prompt(tokenizer: Any, tools, messages, style: str = "toolace", previous_answer: str | None = None) -> str:
+def render_prompt(tokenizer: Any, tools, messages, style: str = "toolace", previous_answer: str | None = None,
+                  keep_answer: str = "repeat") -> str:
     """Round-1 prompt (previous_answer None) or a refinement-round prompt."""
     chat = (
         chat_messages(tools, messages, style)
         if previous_answer is None
-        else refine_messages(tools, messages, previous_answer, style)
+        else refine_messages(tools, messages, previous_answer, style, keep_answer)
     )
     return prompt_text(tokenizer, chat)

@@ -125,7 +125,8 @@ class ToolaceServer:
                                   style=settings.get("prompt_style", ""),
                                   trust_remote_code=settings.get("trust_remote_code", False),
                                   draft_verify=settings.get("draft_verify", True),
-                                  reuse_prefix=settings.get("reuse_prefix", True))
+                                  reuse_prefix=settings.get("reuse_prefix", True),
+                                  keep_answer=settings.get("keep_answer", "repeat"))
         # One thread owns the model: batches run one after another, the event loop stays free for validation.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="toolace-model")
         self.queue = BatchQueue(self._run, self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
@@ -250,6 +251,7 @@ def build_application(cfg: Config):
         "trust_remote_code": cfg.model.trust_remote_code,
         "draft_verify": cfg.refine.draft_verify,
         "reuse_prefix": cfg.refine.reuse_prefix,
+        "keep_answer": cfg.refine.keep_answer,
     }
     digest = api_key_digest(scfg.api_key_env)
     log.info("serving %s as %r; auth %s", scfg.model, scfg.model_name,

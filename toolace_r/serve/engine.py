@@ -63,20 +63,23 @@ class Engine:
     draft_verify: bool = True
     reuse_prefix: bool = True
     context_limit: int = 0
+    keep_answer: str = "repeat"  # how the model keeps a right answer in a refinement round (its toolace_r.json)
     batches: int = field(default=0)
 
     @classmethod
     def load(cls, path: str, dtype: str = "auto", style: str = "", trust_remote_code: bool = False,
-             draft_verify: bool = True, reuse_prefix: bool = True) -> "Engine":
+             draft_verify: bool = True, reuse_prefix: bool = True, keep_answer: str = "repeat") -> "Engine":
         from toolace_r.models import load_model, read_meta, resolve_model_path
 
         # a model dir in object storage (`serve --model s3://.../iter_NNN/model`): this node's copy, whose
         # toolace_r.json gives the prompt style it was trained with (read off the URI it would say nothing)
         path = resolve_model_path(path)
         model, tokenizer = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        style = read_meta(path).get("prompt_style", style or "toolace")
+        meta = read_meta(path)
+        style = meta.get("prompt_style", style or "toolace")
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-        return cls(model, tokenizer, style, draft_verify, reuse_prefix, limit)
+        return cls(model, tokenizer, style, draft_verify, reuse_prefix, limit,
+                   keep_answer=meta.get("keep_answer", keep_answer))
 
     def prompt(self, tools: list[dict[str, Any]], messages: list[dict[str, Any]]) -> str:
         from toolace_r.data.prompts import render_prompt
@@ -135,7 +138,7 @@ class Engine:
         results = adaptive_refine(self.model, self.tokenizer, items, max_rounds=max_rounds,
                                   max_new_tokens=max_new_tokens, style=self.style, draft_verify=self.draft_verify,
                                   reuse_prefix=self.reuse_prefix, temperature=temperature, batch_size=len(items),
-                                  **hooks)
+                                  keep_answer=self.keep_answer, **hooks)
         return [_outcome(res) for res in results]
 
 

@@ -298,6 +298,7 @@ def _export(engine, config: dict, rank: int, total_steps: int, totals: _Totals, 
 
         if not (hf_dir / "toolace_r.json").exists():
             write_meta(hf_dir, prompt_style=cfg.model.prompt_style)
+        write_meta(hf_dir, keep_answer=cfg.refine.keep_answer)  # how its refinement rows kept a right answer
         write_meta(hf_dir, trained_from=str(config.get("model_ref", config["model_path"])), train_steps=total_steps)
         (export_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
         (export_dir / FINAL_MARK).write_text(json.dumps(summary))
