@@ -1,10 +1,14 @@
 """`toolace-r serve` as a user runs it (toolace_r.serve.cli; issue 20, item 4): Ctrl-C in the terminal stops the
 server, Serve and the Ray the command started, within 5 s.
 
+Before the Ctrl-C the test talks to the command as an agent framework would (issue 20, "Done when"): LangChain's
+`ChatOpenAI(...).bind_tools(...)`, `.invoke` and `.stream`, whose streamed tool-call chunks must add up to the same
+calls as the non-streamed answer (one call, and two calls in one answer).
+
 A terminal's Ctrl-C sends SIGINT to the whole foreground process group, so Ray's own processes started by the command
 get it too; the test does the same (os.killpg on the command's group). The command runs in its own session with
 RAY_ADDRESS=local, so it always starts its own Ray (never joins the test session's) and the test can check that
-nothing of it is left afterwards. Slow: about 20 s, most of it Ray and the replica starting.
+nothing of it is left afterwards. Slow: about 40 s, most of it Ray and the replica starting.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import pytest
 import requests
 
 from processes import end_session, free_port, session_pids
+from serve_model import OPENAI_TOOLS
 from toolace_r.serve.cli import STOP_WITHIN_S
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +49,24 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _langchain_stream_equals_invoke(base: str) -> None:
+    """ChatOpenAI(...).bind_tools(tools): the calls LangChain adds up from `.stream()` chunks equal `.invoke()`'s."""
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="toolace-r", base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120,
+                     temperature=0).bind_tools(OPENAI_TOOLS)
+    for question, cities in (("What is the weather in Paris?", ["Paris"]),
+                             ("Weather in Oslo and Rome?", ["Oslo", "Rome"])):
+        invoked = [(c["name"], c["args"]) for c in llm.invoke(question).tool_calls]
+        assert invoked == [("get_weather", {"city": city}) for city in cities], invoked
+        chunks = list(llm.stream(question))
+        total = chunks[0]
+        for chunk in chunks[1:]:
+            total = total + chunk
+        assert len(chunks) > 3 and [(c["name"], c["args"]) for c in total.tool_calls] == invoked, total
+        assert total.response_metadata.get("finish_reason") == "tool_calls"
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_serve_and_the_ray_it_started_within_5_s(model_dir, tmp_path):
     port = free_port()
@@ -56,6 +79,7 @@ def test_ctrl_c_stops_serve_and_the_ray_it_started_within_5_s(model_dir, tmp_pat
     try:
         _wait_until_healthy(f"http://127.0.0.1:{port}", proc, log, timeout_s=240)
         assert len(session_pids(proc.pid)) > 3  # the command, and the GCS, raylet, Serve actors of its own Ray
+        _langchain_stream_equals_invoke(f"http://127.0.0.1:{port}")
 
         start = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
