@@ -121,6 +121,24 @@ def test_summarize_computes_per_category_metrics():
     assert result["overall"]["time_s"] == 1.5
 
 
+def test_eval_guided_decodes_every_call_under_the_constraint(tiny_model_dir, tmp_path):
+    """eval.guided=true: the untrained model's answers are a valid call (when they begin with "[") or no-call text;
+    metrics.json records it. With an endpoint it is refused: the server takes `guided` per request."""
+    from toolace_r.calls import parse_calls
+
+    cfg = _cfg("eval.num_actors=0", "eval.guided=true", "eval.limit=12", "eval.max_rounds=2",
+               "eval.generation.max_new_tokens=48", "eval.batch_size=12", "eval.generation.batch_size=12")
+    result = evaluate(cfg, str(tiny_model_dir), ["builtin"], str(tmp_path))
+    assert result["overall"]["n"] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["guided"] is True
+    for row in map(json.loads, (tmp_path / "outputs.jsonl").read_text().splitlines()):
+        for text in (row["first_answer"], row["answer"]):
+            calls = parse_calls(text)  # never a malformed call: CallParseError would fail the test
+            assert calls or not any(c in text for c in "[{(<`"), text
+    with pytest.raises(ConfigError, match="eval.endpoint.extra_body"):
+        evaluate(cfg, "openai:http://127.0.0.1:9/v1", ["builtin"], str(tmp_path / "endpoint"))
+
+
 def test_eval_command_refuses_a_missing_model(tmp_path):
     from toolace_r.cli import main
 

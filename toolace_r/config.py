@@ -228,6 +228,10 @@ class EvalConfig:
     # bfcl: BFCL's own decoder (toolace_r/calls/bfcl.py), so scores compare with the leaderboard's; lenient: also
     # reads fences, prose around calls, tool_call JSON (labelled "not the leaderboard's" wherever a figure is shown)
     decoder: str = "bfcl"
+    # Guided decoding (toolace_r.constrain, the server's `guided` option of tool_choice "auto"): an answer that opens
+    # a call list stays a valid call to the item's tools (names, required arguments, types, enums), in every round;
+    # a no-call answer is still possible. Off: the model decodes freely (what the paper's figures measure).
+    guided: bool = False
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0

@@ -84,7 +84,9 @@ class EvalActor:
 
         s = self.settings
         results = adaptive_refine(
-            self.model, self.tokenizer, [RefineItem(x.tools, x.messages) for x in samples],
+            self.model, self.tokenizer,
+            [RefineItem(x.tools, x.messages, constraint=_guided(x.tools) if s.get("guided") else None)
+             for x in samples],
             max_rounds=int(s["max_rounds"]), max_new_tokens=int(s["max_new_tokens"]), style=self.style,
             draft_verify=bool(s["draft_verify"]), reuse_prefix=bool(s["reuse_prefix"]),
             temperature=float(s["temperature"]), batch_size=int(s["batch_size"]), seed=int(s["seed"]),
@@ -137,6 +139,13 @@ class EvalActor:
             for c in OUTPUT_COLUMNS:
                 out[c].append(values[c])
         return out
+
+
+def _guided(tools: list[dict[str, Any]]) -> Any:
+    """eval.guided: the item's answer is a valid call to its tools or no-call text (toolace_r.constrain)."""
+    from toolace_r.constrain import CallConstraint
+
+    return CallConstraint(tools, allow_text=True) if tools else None
 
 
 def _oracle_calls(sample: Sample) -> list[dict[str, Any]]:
@@ -274,6 +283,9 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
     ec = cfg.eval
     if ec.max_rounds < 1:
         raise ConfigError(f"eval.max_rounds must be >= 1, got {ec.max_rounds}")
+    if ec.guided and is_endpoint(model_path):
+        raise ConfigError("eval.guided decodes a model dir under the tool-call constraint; a toolace-r server does it "
+                          "per request: set eval.endpoint.extra_body={guided: true} instead")
     groups = load_groups(cfg, list(specs))
     endpoint = EndpointModel(model_path, cfg) if is_endpoint(model_path) else None
     style = ("endpoint" if endpoint else cfg.model.prompt_style if model_path == ORACLE
@@ -286,6 +298,7 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
         seed=ec.generation.seed, batch_size=ec.generation.batch_size, decoder=ec.decoder,
         draft_verify=cfg.refine.draft_verify, reuse_prefix=cfg.refine.reuse_prefix, dtype=cfg.model.dtype,
         keep_answer=cfg.refine.keep_answer if endpoint or model_path == ORACLE else keep_answer_for(cfg, model_path),
+        guided=ec.guided,
         trust_remote_code=cfg.model.trust_remote_code, torch_threads=max(1.0, ec.cpus_per_actor),
     )
     start = time.perf_counter()
@@ -333,7 +346,7 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
     metrics = {
         "model": model_path, "specs": list(specs), "decoder": ec.decoder, "max_rounds": ec.max_rounds,
         "prompt_style": style, "draft_verify": cfg.refine.draft_verify, "reuse_prefix": cfg.refine.reuse_prefix,
-        "keep_answer": settings["keep_answer"], "results": result, "summaries": summaries,
+        "keep_answer": settings["keep_answer"], "guided": ec.guided, "results": result, "summaries": summaries,
     }
     if endpoint:
         metrics.update(max_rounds=1, endpoint={"base_url": endpoint.spec.base_url, "model": endpoint.model,

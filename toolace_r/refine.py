@@ -59,6 +59,9 @@ class RefineItem:
     # the round-1 prompt's token ids when the caller already has them (the server tokenises each request to check it
     # against the context limit); None: rendered and tokenised here
     prompt_ids: list[int] | None = None
+    # toolace_r.constrain.CallConstraint: every round's answer is decoded under it (a valid call, or with
+    # allow_text a call or no-call text); None: plain decoding
+    constraint: Any = None
 
 
 @dataclass
@@ -417,6 +420,7 @@ def _decode_round(
     stats: RoundStats,
     passes: list[int],
     on_tokens: Callable[[int, list[int]], bool] | None = None,
+    guides: list[Any] | None = None,
 ) -> list[list[int]]:
     """One answer per row: feed each row's new prompt tokens (+ its draft), then decode until EOS or the token limit.
     Returns the generated ids per row (EOS included when reached). `passes[b]` counts forward passes row b took part in.
@@ -429,7 +433,11 @@ def _decode_round(
     `on_tokens(row, new_ids)`, when given, is called after every pass with the tokens each row gained in it (for a
     server that streams them). It only reads: the decoded ids are the same with or without it. It returns True to
     stop a row whose consumer is gone (a disconnected client): that row's answer ends there, the other rows decode
-    on unchanged."""
+    on unchanged.
+
+    `guides[b]` (toolace_r.constrain.RowGuide), when given, constrains row b: its tokens (draft verification
+    included) are chosen by the guide from this pass's logits instead of `pick` alone. Rows without one decode as
+    without guides."""
     rows = batch.rows
 
     def ended(out: list[int]) -> bool:
@@ -463,6 +471,10 @@ def _decode_round(
             prop = proposals[b]
             # preds[i] = the model's token after head + prop[:i]
             preds = choice[p][keep - len(prop) - 1:] if first else choice[p][:len(prop) + 1]
+            if guides is not None and guides[b] is not None:
+                at = keep - len(prop) - 1 if first else 0
+                preds = guides[b].predict(logits[p, at:at + len(prop) + 1], prop, pick, max_new_tokens - len(outs[b]),
+                                          preds)
             accepted = 0
             while accepted < len(prop) and preds[accepted] == prop[accepted]:
                 accepted += 1
@@ -479,6 +491,8 @@ def _decode_round(
                 # the proposal tokens after the accepted ones were fed but are not part of this row's sequence
                 batch.crop(b, lengths[b] + accepted)
             done[b] = ended(outs[b])
+            if guides is not None and guides[b] is not None:
+                guides[b].sync(outs[b])
             if on_tokens is not None and on_tokens(b, outs[b][before:]):
                 done[b] = True
         batch.trim()
@@ -645,7 +659,15 @@ def _refine_batch(model, tokenizer, items, first_prompts, encode, decode, pick, 
                 if on_tokens(rows[row], rnd, ids):
                     stopped.add(rows[row])
                 return rows[row] in stopped
-        outs = _decode_round(batch, segments, drafts, pick, eos, max_new_tokens, st, row_passes, row_tokens)
+        guides = None
+        if any(items[i].constraint is not None for i in active):
+            from toolace_r import constrain
+
+            vocab = constrain.vocab_for(model, tokenizer, eos)
+            confirm = rnd > 1 and keep_answer == "confirm"  # the confirmation phrase stands for the previous call
+            guides = [constrain.guide(items[i].constraint, vocab, allow_confirm=confirm)
+                      if items[i].constraint is not None else None for i in active]
+        outs = _decode_round(batch, segments, drafts, pick, eos, max_new_tokens, st, row_passes, row_tokens, guides)
         _sync(device)
         st.time_s += time.perf_counter() - t0
         st.cpu_s += time.process_time() - c0

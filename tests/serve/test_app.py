@@ -111,17 +111,44 @@ def test_an_answer_without_a_call_comes_back_as_content(server):
 
 @pytest.mark.slow
 def test_tool_choice_named_required_and_none(server):
-    from openai import UnprocessableEntityError
-
+    """The model answers the joke without a call; tool_choice required / a named function make it call anyway, by
+    constrained decoding (toolace_r.constrain): a valid call to an allowed function, required arguments present
+    (this was a 422 before). Streamed, the same call arrives as tool-call chunks."""
     c = client(server)
     named = {"type": "function", "function": {"name": "get_weather"}}
     resp = c.chat.completions.create(model="toolace-r", messages=PARIS, tools=OPENAI_TOOLS, tool_choice=named)
     assert resp.choices[0].message.tool_calls[0].function.name == "get_weather"
-    with pytest.raises(UnprocessableEntityError) as err:  # the model answers the joke without a call
-        c.chat.completions.create(model="toolace-r", messages=JOKE, tools=OPENAI_TOOLS, tool_choice="required")
-    assert err.value.body["code"] == "tool_choice_unsatisfied"
+    for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
+        resp = c.chat.completions.create(model="toolace-r", messages=JOKE, tools=OPENAI_TOOLS, tool_choice=choice)
+        assert resp.choices[0].finish_reason == "tool_calls"
+        calls = resp.choices[0].message.tool_calls
+        assert calls and all(call.function.name in ("get_weather", "get_time") for call in calls)
+        assert choice == "required" or {call.function.name for call in calls} == {"get_time"}
+        for call in calls:
+            arguments = json.loads(call.function.arguments)
+            assert isinstance(arguments["city"], str) and set(arguments) <= {"city", "unit"}
+            assert arguments.get("unit", "c") in ("c", "f")
+    streamed = c.chat.completions.create(model="toolace-r", messages=JOKE, tools=OPENAI_TOOLS, tool_choice="required",
+                                         stream=True)
+    names = [tc.function.name for chunk in streamed for ch in chunk.choices for tc in ch.delta.tool_calls or []
+             if tc.function and tc.function.name]
+    assert names and set(names) <= {"get_weather", "get_time"}
     resp = c.chat.completions.create(model="toolace-r", messages=PARIS, tools=OPENAI_TOOLS, tool_choice="none")
     assert resp.choices[0].message.tool_calls is None and isinstance(resp.choices[0].message.content, str)
+
+
+@pytest.mark.slow
+def test_guided_keeps_calls_valid_and_still_allows_no_call(server):
+    """extra_body={"guided": true} with tool_choice auto: the call the model makes is the same valid call; the joke
+    still gets its no-call answer as content."""
+    c = client(server)
+    resp = c.chat.completions.create(model="toolace-r", messages=PARIS, tools=OPENAI_TOOLS,
+                                     extra_body={"guided": True})
+    (call,) = resp.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    resp = c.chat.completions.create(model="toolace-r", messages=JOKE, tools=OPENAI_TOOLS,
+                                     extra_body={"guided": True})
+    assert resp.choices[0].message.tool_calls is None and resp.choices[0].message.content == NO_CALL_ANSWER
 
 
 @pytest.mark.slow

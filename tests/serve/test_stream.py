@@ -241,8 +241,8 @@ def test_with_one_round_tokens_stream_as_they_are_decoded(server):
 
 @pytest.mark.slow
 def test_errors_before_the_stream_starts_are_json(server):
-    resp = _post(server, {"messages": JOKE, "tool_choice": "required"})
-    assert resp.status_code == 422 and resp.json()["error"]["param"] == "tool_choice"
+    resp = _post(server, {"messages": JOKE, "tool_choice": "required", "max_tokens": 2})  # too short for any call
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "max_tokens"
     resp = _post(server, {"stream_options": {"include_usage": "yes"}})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "stream_options.include_usage"
 

@@ -25,9 +25,13 @@ Decisions where the OpenAI API leaves room (all visible in the response or docum
   - `temperature` defaults to 0 (greedy): refinement stops when two rounds agree, which is what greedy decoding gives.
     Temperatures below MIN_SAMPLING_TEMPERATURE (1e-3, convert.py) also decode greedily.
   - `tool_choice: "none"`: the model is prompted without the tools and its text comes back as `content`, never as
-    `tool_calls`. `"required"` or a named function: when the final answer holds no (matching) call, the reply is a 422
-    error (code `tool_choice_unsatisfied`) carrying the model's answer, instead of silently breaking the contract.
-    A named function also restricts the tools the model sees to that one.
+    `tool_calls`. `"required"` or a named function: the answer is decoded under the tools' schemas
+    (toolace_r.constrain), in every refinement round, so it is a valid call (names, required arguments, types, enum
+    values) closed within max_tokens; a max_tokens too small for the shortest call is a 400. A named function also
+    restricts the tools the model sees to that one; `parallel_tool_calls: false` allows one call. The 422
+    `tool_choice_unsatisfied` (the final answer holds no matching call) remains as a safety net only.
+  - Extension `guided: true` with tool_choice "auto": a call the model starts stays valid the same way; an answer
+    without a call is still allowed.
   - `max_tokens` (per refinement round) above `serve.max_new_tokens` is clamped to it; `n > 1` is refused with 400;
     `parallel_tool_calls: false` keeps the first call; `top_p` and `seed` are accepted and ignored.
   - `stream: true` streams the final answer only (stream.py): at once when its last refinement round is decided, token

@@ -136,8 +136,33 @@ def build_job(req: ChatCompletionRequest, cfg: ServeConfig, engine: Engine) -> t
     rounds = req.max_refine_rounds or cfg.max_rounds
     temperature = float(req.temperature or 0.0)
     job = Job(tools, messages, rounds, max_new, temperature if temperature >= MIN_SAMPLING_TEMPERATURE else 0.0,
-              prompt_tokens, prompt_ids)
+              prompt_tokens, prompt_ids, constraint=call_constraint(req, mode, tools, max_new, engine))
     return job, mode, name
+
+
+def call_constraint(req: ChatCompletionRequest, mode: str, tools: list[dict[str, Any]], max_new: int,
+                    engine: Engine) -> Any:
+    """The decoding constraint a request asks for (toolace_r.constrain), checked before the model runs: tool_choice
+    "required" / a named function (`tools` already holds only that one) demand a call; `guided` with "auto" keeps a
+    started call valid. `parallel_tool_calls: false` allows one call. None: plain decoding."""
+    if mode in ("required", "named"):
+        allow_text = False
+    elif mode == "auto" and req.guided and tools:
+        allow_text = True
+    else:
+        return None
+    from toolace_r.constrain import CallConstraint
+
+    constraint = CallConstraint(tools, allow_text=allow_text, max_calls=1 if req.parallel_tool_calls is False else None)
+    try:
+        shortest = engine.shortest_answer_tokens(constraint)
+    except ValueError as err:
+        raise ApiError(400, f"constrained decoding of calls is not possible for these tools: {err}", param="tools",
+                       code="invalid_value") from None
+    if shortest > max_new:
+        raise ApiError(400, f"max_tokens={max_new} is too small for a tool call: the shortest call these tools allow "
+                            f"takes {shortest} tokens", param="max_tokens", code="invalid_value")
+    return constraint
 
 
 def completion_response(out: Outcome, job: Job, mode: str, name: str | None, model_name: str,

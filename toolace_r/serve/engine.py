@@ -26,6 +26,8 @@ class Job:
     temperature: float
     prompt_tokens: int = 0
     prompt_ids: list[int] | None = None  # the round-1 prompt, tokenised once when the request is checked
+    # toolace_r.constrain.CallConstraint: tool_choice required/named, or guided auto (convert.build_job); None: free
+    constraint: Any = field(default=None, repr=False, compare=False)
     # streaming requests only (toolace_r.serve.stream), called from the model thread:
     # on_tokens(round, new_ids) → True when the client is gone (its decoding stops, its slot frees); round 0 with no
     # ids: the job is retried alone after its batch failed, decoding starts over;
@@ -78,8 +80,22 @@ class Engine:
         meta = read_meta(path)
         style = meta.get("prompt_style", style or "toolace")
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-        return cls(model, tokenizer, style, draft_verify, reuse_prefix, limit,
-                   keep_answer=meta.get("keep_answer", keep_answer))
+        engine = cls(model, tokenizer, style, draft_verify, reuse_prefix, limit,
+                     keep_answer=meta.get("keep_answer", keep_answer))
+        engine.prepare_constraints()
+        return engine
+
+    def prepare_constraints(self) -> None:
+        """Build the grammar engine's view of the tokenizer now (~1 s for a 150k vocabulary), not on the first
+        request with tool_choice required/named or guided. A tokenizer it cannot read is logged; such requests
+        then get a 400 naming the problem."""
+        from toolace_r import constrain
+        from toolace_r.refine import stop_ids
+
+        try:
+            constrain.vocab_for(self.model, self.tokenizer, stop_ids(self.model, self.tokenizer))
+        except Exception as err:  # noqa: BLE001 - serving without constraints still works
+            log.warning("constrained decoding (tool_choice required/named, guided) is unavailable: %s", err)
 
     def prompt(self, tools: list[dict[str, Any]], messages: list[dict[str, Any]]) -> str:
         from toolace_r.data.prompts import render_prompt
@@ -88,6 +104,18 @@ class Engine:
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def shortest_answer_tokens(self, constraint: Any) -> int:
+        """Tokens of the shortest answer `constraint` allows with this tokenizer (toolace_r.constrain); compiles its
+        grammar once (cached), so a schema the grammar engine refuses is found before the model runs (ValueError)."""
+        from toolace_r import constrain
+        from toolace_r.refine import stop_ids
+
+        try:
+            vocab = constrain.vocab_for(self.model, self.tokenizer, stop_ids(self.model, self.tokenizer))
+        except Exception as err:  # noqa: BLE001 - e.g. a slow (non-fast) tokenizer llguidance cannot read
+            raise ValueError(f"this model's tokenizer cannot be constrained: {err}") from None
+        return constrain.shortest_answer_tokens(constraint, vocab)
 
     def run(self, jobs: list[Job]) -> list[Outcome | BaseException]:
         """Answer a batch. Jobs with the same decoding settings share forward passes; a job that fails is retried
@@ -124,7 +152,8 @@ class Engine:
     def _answer(self, jobs: list[Job], max_rounds: int, max_new_tokens: int, temperature: float) -> list[Outcome]:
         from toolace_r.refine import RefineItem, adaptive_refine
 
-        items = [RefineItem(tools=j.tools, messages=j.messages, prompt_ids=j.prompt_ids) for j in jobs]
+        items = [RefineItem(tools=j.tools, messages=j.messages, prompt_ids=j.prompt_ids, constraint=j.constraint)
+                 for j in jobs]
         hooks: dict[str, Any] = {}
         if any(j.on_tokens for j in jobs):  # no hooks, no calls: batches without streaming requests run as before
             def on_tokens(i: int, rnd: int, ids: list[int]) -> bool:

@@ -110,6 +110,13 @@ class ChatCompletionRequest(_Model):
     seed: int | None = None
     # extension: cap on adaptive refinement rounds for this request (1 = one pass, no refinement)
     max_refine_rounds: int | None = Field(default=None, ge=1, le=MAX_REFINE_ROUNDS_LIMIT)
+    # extension: guided decoding for tool_choice "auto" (toolace_r.constrain)
+    guided: bool | None = Field(default=None, description=(
+        "toolace-r extension (openai client: extra_body={\"guided\": true}). With tool_choice \"auto\" (or none "
+        "given): if the model starts a call, it is decoded under the tools' schemas, so it stays a valid call "
+        "(function names, required arguments, types, enum values); an answer without a call is still allowed. "
+        "tool_choice \"required\" and a named function always decode this way, with a call demanded. Ignored "
+        "with tool_choice \"none\" or without tools."))
 
 
 class ErrorDetail(BaseModel):
