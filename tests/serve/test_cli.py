@@ -3,9 +3,11 @@ server, Serve and the Ray the command started, within 5 s.
 
 A second test talks to the command as an agent framework would (issue 20, "Done when"): LangChain's
 `ChatOpenAI(...).bind_tools(...)`, `.invoke` and `.stream`, whose streamed tool-call chunks must add up to the same
-calls as the non-streamed answer (one call, and two calls in one answer). It is kept apart from the Ctrl-C test:
-inside the full suite, Ctrl-C after those LangChain requests did not stop the command within 5 s (twice, while alone
-it stopped in 3.3-3.5 s); the cause is not found yet.
+calls as the non-streamed answer (one call, and two calls in one answer).
+
+The Ctrl-C test starts the command with SIGINT ignored, as a child of a process that ignores it inherits it (inside
+the full suite the pytest process did, and the command, relying on Python's default handler, then ignored Ctrl-C):
+the command installs its own handler, so Ctrl-C stops it either way.
 
 A terminal's Ctrl-C sends SIGINT to the whole foreground process group, so Ray's own processes started by the command
 get it too; the test does the same (os.killpg on the command's group). The command runs in its own session with
@@ -69,15 +71,21 @@ def _langchain_stream_equals_invoke(base: str) -> None:
         assert total.response_metadata.get("finish_reason") == "tool_calls"
 
 
-def _start_serve(model_dir: Path, tmp_path: Path) -> tuple[subprocess.Popen, int, Path]:
-    """`toolace-r serve` in its own session with its own Ray; (process, port, log file)."""
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start_serve(model_dir: Path, tmp_path: Path, sigint_ignored: bool = False) -> tuple[subprocess.Popen, int, Path]:
+    """`toolace-r serve` in its own session with its own Ray; (process, port, log file). `sigint_ignored`: started
+    with SIGINT ignored, as under a parent that ignores it."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS="local", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "toolace_r.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "serve.num_cpus=0.25", "serve.min_replicas=1", "serve.max_replicas=1"]
     log = tmp_path / "serve.log"
     with open(log, "w") as out:  # a file, not a pipe: Ray's daemons may hold on to a pipe
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_ignore_sigint if sigint_ignored else None)
     return proc, port, log
 
 
@@ -93,7 +101,7 @@ def test_langchain_through_the_serve_command(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_serve_and_the_ray_it_started_within_5_s(model_dir, tmp_path):
-    proc, port, log = _start_serve(model_dir, tmp_path)
+    proc, port, log = _start_serve(model_dir, tmp_path, sigint_ignored=True)
     try:
         _wait_until_healthy(f"http://127.0.0.1:{port}", proc, log, timeout_s=240)
         assert len(session_pids(proc.pid)) > 3  # the command, and the GCS, raylet, Serve actors of its own Ray

@@ -52,6 +52,9 @@ def serve_command(args, cfg: Config) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)  # `kill`, Kubernetes, systemd: shut down as on Ctrl-C
+    # Ctrl-C explicitly too: a process started with SIGINT ignored (a launcher's or a shell's background job) would
+    # otherwise inherit the ignore, and Python installs no KeyboardInterrupt handler then
+    signal.signal(signal.SIGINT, stop)
     try:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
         serve.run(app, name="toolace-r", route_prefix=cfg.serve.route_prefix, blocking=False)
