@@ -445,6 +445,16 @@ class _Frame:
         """(text that completes this frame given its open child completed as `child`, this frame's result)."""
         raise NotImplementedError
 
+    def _separator(self, c: int) -> int | None:
+        """The `, ` between a list's items, a dict's entries or a call's arguments: after → comma → need."""
+        if self.state == "after" and c == 0x2C:
+            self.state = "comma"
+            return _CONSUMED
+        if self.state == "comma" and c == 0x20:
+            self.state = "need"
+            return _CONSUMED
+        return None
+
 
 class _Lit(_Frame):
     """One of several literal byte strings (a function name with its "(", a key, an enum value, True/False/None)."""
@@ -605,12 +615,8 @@ class _List(_Frame):
             tr.stack.append(_value_frame(self.items, c, tr))
             self.state = "value"
             return _AGAIN
-        if s == "after" and c == 0x2C:
-            self.state = "comma"
-            return _CONSUMED
-        if s == "comma" and c == 0x20:
-            self.state = "need"
-            return _CONSUMED
+        if (done := self._separator(c)) is not None:
+            return done
         raise ValueError(f"byte {bytes((c,))!r} in a list ({s})")
 
     def child_done(self, result: Any, tr: "Tracker") -> None:
@@ -648,12 +654,8 @@ class _Dict(_Frame):
             tr.stack.append(_value_frame(self.values, c, tr))
             self.state = "in_value"
             return _AGAIN
-        if s == "after" and c == 0x2C:
-            self.state = "comma"
-            return _CONSUMED
-        if s == "comma" and c == 0x20:
-            self.state = "need"
-            return _CONSUMED
+        if (done := self._separator(c)) is not None:
+            return done
         raise ValueError(f"byte {bytes((c,))!r} in a dict ({s})")
 
     def child_done(self, result: Any, tr: "Tracker") -> None:
@@ -694,12 +696,8 @@ class _Args(_Frame):
             tr.stack.append(_value_frame(sh.specs[self.j], c, tr))
             self.state = "child"
             return _AGAIN
-        if s == "after" and c == 0x2C:
-            self.state = "comma"
-            return _CONSUMED
-        if s == "comma" and c == 0x20:
-            self.state = "need"
-            return _CONSUMED
+        if (done := self._separator(c)) is not None:
+            return done
         raise ValueError(f"byte {bytes((c,))!r} in arguments ({s})")
 
     def child_done(self, result: Any, tr: "Tracker") -> None:
