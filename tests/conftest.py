@@ -50,3 +50,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data dir {SHARED_DATA} is absent (real data sets live outside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest single-threaded; on a shared 2-core box, 2 threads spin against each other (30x).
+    Modules that decode tiny models use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sharp_llama(seed: int, cls=None, **config):
+    """A random tiny LlamaForCausalLM with larger weights than the default init (std 0.3): sharp logits, few near-ties,
+    so greedy answers are stable under the float differences of batching. `config`: LlamaConfig fields."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = (cls or LlamaForCausalLM)(LlamaConfig(**config)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model

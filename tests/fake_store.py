@@ -38,7 +38,7 @@ def install() -> None:
 
 def main(overrides: list[str]) -> int:
     """Run the driver's loop with the fake store in the driver and in every Ray worker. Ray is started here (the
-    driver's init_ray then joins it) because the setup hook must be given when Ray starts."""
+    driver's ray_session.start_or_join then joins it) because the setup hook must be given when Ray starts."""
     import ray
 
     from toolace_r.config import load_config

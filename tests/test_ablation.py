@@ -264,7 +264,7 @@ def test_random_select_of_seed_s_gets_full_seed_s_sizes_and_every_run_reuses_one
         return {}
 
     monkeypatch.setattr(ablation, "_run_arm", fake_run_arm)
-    monkeypatch.setattr("toolace_r.driver.init_ray", lambda cfg: False)
+    monkeypatch.setattr("toolace_r.ray_session.start_or_join", lambda cfg: False)
     cfg = _cfg(tmp_path / "abl", f"model.path={tmp_path / 'model'}", "train.seed=4", "ablation.seeds=[0,1,2]",
                "ablation.arms=[full,random_select,plain_sft]")
     report = run_ablation(cfg)

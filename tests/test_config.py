@@ -102,6 +102,26 @@ def test_yaml_round_trip(tmp_path):
     assert to_dict(again) == to_dict(cfg)
 
 
+def test_retired_keys_in_a_file_are_dropped_with_a_warning(tmp_path, caplog):
+    """run.seed and refine.max_rounds were read nowhere: an older job file (or a run dir's saved config.yaml) that
+    has them still loads, to the same config as without them, and the log says which key to delete and why."""
+    path = write(tmp_path, "refine:\n  max_rounds: 5\n  keep_answer: confirm\nrun:\n  seed: 3\n  dir: runs/x\n")
+    with caplog.at_level("WARNING", logger="toolace_r.config"):
+        cfg = load_config(path)
+    assert to_dict(cfg) == to_dict(load_config(None, ["refine.keep_answer=confirm", "run.dir=runs/x"]))
+    assert "max_rounds" not in to_dict(cfg)["refine"] and "seed" not in to_dict(cfg)["run"]
+    text = caplog.text
+    assert str(path) in text and "'refine.max_rounds' is ignored" in text and "eval.max_rounds" in text
+    assert "'run.seed' is ignored" in text and "train.seed" in text
+
+
+@pytest.mark.parametrize("override", ["refine.max_rounds=1", "run.seed=4"])
+def test_a_retired_key_on_the_command_line_is_an_error_saying_why(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"command line: key '{key}' no longer exists: it was read nowhere"):
+        load_config(None, [override])
+
+
 def _job_files() -> list[str]:
     """toolace-r job configs under jobs/ (Ray Serve config files there, with `applications:`, are not ours)."""
     import yaml

@@ -292,13 +292,13 @@ def test_untrained_model_calls_on_every_builtin_prompt_required_and_named(untrai
     named = [RefineItem(t, s.messages, constraint=constrain.CallConstraint(t)) for t, s in zip(named_tools, samples)]
     bad_before = constrain.TOTALS.bad_closings
     results = adaptive_refine(model, tok, required + named, max_rounds=2, max_new_tokens=96, style="compact",
-                              batch_size=48)
+                              max_rows=48)
     _check_rounds(results[:240], required)
     _check_rounds(results[240:], named, lambda k: {named_tools[k][0]["name"]})
     assert sum(r.rounds for r in results) > len(results)  # refinement rounds ran, constrained too
     assert constrain.TOTALS.bad_closings == bad_before
     plain = adaptive_refine(model, tok, [RefineItem(s.tools, s.messages) for s in samples[:32]], max_rounds=1,
-                            max_new_tokens=32, style="compact", batch_size=32)
+                            max_new_tokens=32, style="compact", max_rows=32)
     assert not any(parse_or_none(r.answer) for r in plain)
 
 
@@ -323,7 +323,7 @@ def test_untrained_model_calls_on_bfcl_prompts(untrained, shared_data):
     assert len(samples) == 200
     items = [RefineItem(s.tools, s.messages, constraint=constrain.CallConstraint(s.tools)) for s in samples]
     # prompts ≤ 877 tokens + 96 fit the tiny model's 1024 positions; the shortest call of any item takes 54 tokens
-    results = adaptive_refine(model, tok, items, max_rounds=1, max_new_tokens=96, style="compact", batch_size=50)
+    results = adaptive_refine(model, tok, items, max_rounds=1, max_new_tokens=96, style="compact", max_rows=50)
     _check_rounds(results, items)
 
 
@@ -336,7 +336,7 @@ def test_plain_rows_decode_as_without_constraints_and_drafts_keep_guided_answers
     plain = [RefineItem(s.tools, s.messages) for s in samples]
     mixed = [RefineItem(s.tools, s.messages, constraint=constrain.CallConstraint(s.tools) if k % 2 else None)
              for k, s in enumerate(samples)]
-    kw = dict(max_rounds=3, max_new_tokens=40, style="compact", batch_size=16, adaptive=False)
+    kw = dict(max_rounds=3, max_new_tokens=40, style="compact", max_rows=16, adaptive=False)
     alone = adaptive_refine(model, tok, plain, **kw)
     together = adaptive_refine(model, tok, mixed, **kw)
     for k, (a, b) in enumerate(zip(alone, together)):

@@ -112,6 +112,25 @@ def test_rerun_with_a_different_config_is_refused(tmp_path):
         prepare_run_dir(load_config(None, [f"run.dir={run_dir}"]))
 
 
+def test_a_run_dir_saved_with_retired_keys_resumes(tmp_path):
+    """A run dir whose config.yaml an earlier version wrote, with run.seed and refine.max_rounds (keys that never had
+    an effect and are gone), resumes under the same config; a real difference is still refused."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, [f"run.dir={run_dir}", "probe.k=4"])
+    prepare_run_dir(cfg)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["run"]["seed"], saved["refine"]["max_rounds"] = 0, 3  # as the schema of that version saved them
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    prepare_run_dir(cfg)
+    assert "max_rounds" not in yaml.safe_load((run_dir / "config.yaml").read_text())["refine"]  # saved anew
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"probe\.k: 4 → 8") as err:
+        prepare_run_dir(load_config(None, [f"run.dir={run_dir}"]))
+    assert "seed" not in str(err.value) and "max_rounds" not in str(err.value)
+
+
 def test_config_differences_splits_safe_and_unsafe():
     unsafe, safe = config_differences({"run": {"dir": "a", "max_iterations": 1}, "train": {"lr": 1.0}},
                                       {"run": {"dir": "b", "max_iterations": 3}, "train": {"lr": 2.0}})
@@ -432,7 +451,7 @@ def fake_stages(monkeypatch):
     monkeypatch.setattr(pool_mod, "load_eval_spec", load_eval_spec)
     monkeypatch.setattr(evaluate_mod, "evaluate", evaluate)
     monkeypatch.setattr(probe_mod, "read_probe", lambda path: rio.read_json(path))
-    monkeypatch.setattr(driver, "init_ray", lambda cfg: False)
+    monkeypatch.setattr("toolace_r.ray_session.start_or_join", lambda cfg: False)
     monkeypatch.setattr(driver, "base_model_stage",
                         lambda cfg, pool, run_dir, publish=str: {"model_dir": "base", "built": False})
     monkeypatch.setattr(driver, "probe_stage", probe_stage)

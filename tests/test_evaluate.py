@@ -82,7 +82,7 @@ def test_tiny_model_through_ray_actors_with_refinement(tiny_model_dir, ray_local
     shutil.copytree(tiny_model_dir, model_dir)
     write_meta(model_dir, keep_answer="confirm")
     cfg = _cfg("eval.num_actors=1", "eval.batch_size=8", "eval.limit=2", "eval.max_rounds=2",
-               "eval.generation.max_new_tokens=12", "eval.generation.batch_size=8")
+               "eval.generation.max_new_tokens=12")
     ds = tmp_path / "extra.jsonl"
     from toolace_r import io as rio
     from toolace_r.data.pool import load_builtin
@@ -127,7 +127,7 @@ def test_eval_guided_decodes_every_call_under_the_constraint(tiny_model_dir, tmp
     from toolace_r.calls import parse_calls
 
     cfg = _cfg("eval.num_actors=0", "eval.guided=true", "eval.limit=12", "eval.max_rounds=2",
-               "eval.generation.max_new_tokens=48", "eval.batch_size=12", "eval.generation.batch_size=12")
+               "eval.generation.max_new_tokens=48", "eval.batch_size=12")
     result = evaluate(cfg, str(tiny_model_dir), ["builtin"], str(tmp_path))
     assert result["overall"]["n"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text())["guided"] is True

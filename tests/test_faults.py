@@ -25,8 +25,8 @@ from processes import end_session  # tests/processes.py
 from toolace_r import io as rio
 from toolace_r.config import BuiltinPoolConfig, Config, load_config
 from toolace_r.data.pool import load_builtin
-from toolace_r.driver import TEST_KILL_ENV
 from toolace_r.probe import ProbeActor, probe, read_probe
+from toolace_r.testing import KILL_AFTER_STAGE_ENV
 from toolace_r.train import rows_from_samples, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def test_driver_killed_mid_training_resumes_the_stage_from_its_checkpoint(tiny_m
            "train.zero_stage=2", "train.num_workers=2", "train.cpus_per_worker=1", "train.epochs=20",
            "train.tokens_per_micro_batch=1024", "train.lr=2e-3", "train.warmup_steps=2",
            f"train.checkpoint_every={every}", "train.max_failures=0"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TEST_KILL_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", KILL_AFTER_STAGE_ENV)}
     env["PYTHONPATH"] = str(REPO)
     with open(tmp_path / "attempt1.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -252,11 +252,11 @@ def test_driver_killed_mid_probe_probes_only_the_rest(ray_local, tiny_model_dir,
 
     overrides = [f"model.path={tiny_model_dir}", "model.prompt_style=compact", "pool.builtin.n_train=96",
                  "pool.builtin.n_heldout=0", "probe.k=2", "probe.batch_size=4", "probe.num_actors=1",
-                 "probe.generation.max_new_tokens=48", "probe.generation.batch_size=8"]
+                 "probe.generation.max_new_tokens=48"]
     out = tmp_path / "probe"
     cmd = [sys.executable, "-m", "toolace_r.cli", "probe", "--out", str(out), f"run.dir={tmp_path / 'run'}",
            "run.num_cpus=2", *overrides]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TEST_KILL_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", KILL_AFTER_STAGE_ENV)}
     env["PYTHONPATH"] = str(REPO)
     import pyarrow.parquet as pq
 
@@ -403,7 +403,7 @@ def test_driver_killed_repeatedly_at_boundaries_and_inside_stages(tmp_path):
             (1, rng.uniform(2, 10))]
     boundaries = ["base_model", "iter_000/train", "iter_001/probe", "iter_001/corpus", "iter_001/train",
                   "iter_001/eval"]
-    base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TEST_KILL_ENV)}
+    base_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", KILL_AFTER_STAGE_ENV)}
     base_env["PYTHONPATH"] = str(REPO)
     finished_at: dict[str, float] = {}
     kills, outcomes, attempts = 0, [], 0
@@ -416,7 +416,7 @@ def test_driver_killed_repeatedly_at_boundaries_and_inside_stages(tmp_path):
         boundary = next(b for b in boundaries if b not in done) if step == "boundary" else None
         timed = step if isinstance(step, tuple) else None
         history_before = len(_state(run_dir)["history"]) if _state(run_dir) else 0
-        env = dict(base_env, **({TEST_KILL_ENV: boundary} if boundary else {}))
+        env = dict(base_env, **({KILL_AFTER_STAGE_ENV: boundary} if boundary else {}))
         with open(tmp_path / f"attempt{attempts}.log", "w") as log:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)

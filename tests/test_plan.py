@@ -115,9 +115,109 @@ def test_plan_command_prints_every_stage_and_exit_code_says_whether_it_fits(llam
     out = capsys.readouterr().out
     for stage in ("train", "probe", "eval", "serve"):
         assert f"\n{stage}  (" in out
-    assert "the job fits" in out and "no engine admission yet" in out
+    assert "the job fits" in out and "KV budget" in out and "batch_size=" not in out.split("probe  (")[1].split("\n")[0]
     assert main(["plan", "--config", str(JOB_8B), "--gpu-memory", "24"]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_engine_budget_in_tokens_is_the_engines_own_arithmetic(shape8b):
+    """engine.kv_cache_gb → tokens as toolace_r.engine.default_kv_cache_tokens counts them (bf16 8B on the meta
+    device: no memory), and rows of prompt + max_new_tokens in whole requests of k, as the engine admits them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from toolace_r.engine import default_kv_cache_tokens
+    from toolace_r.plan.shapes import hf_config
+
+    cfg = load_config(JOB_8B, ["engine.kv_cache_gb=10"])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config(cfg)[0]).to(torch.bfloat16)
+    probe = est.probe_stage(shape8b, cfg, 4096, 80 * GIB)
+    eng = probe.engine
+    assert eng.budget == 10 * GIB and eng.budget_tokens == default_kv_cache_tokens(model, 10.0)
+    assert eng.reserve == 4096 + cfg.probe.generation.max_new_tokens and eng.copies == cfg.probe.k
+    assert eng.memory_rows == eng.budget_tokens // (eng.copies * eng.reserve) * eng.copies
+    assert eng.rows == eng.memory_rows  # fewer than the 64 samples × k a Ray Data batch submits
+    kv = next(p for p in probe.parts if p.name == "KV cache")
+    assert kv.bytes == eng.rows * eng.reserve * est.kv_bytes_per_token(shape8b, 2) <= eng.budget
+
+
+def test_gpu_default_budget_is_the_engines_share_of_free_and_a_pass_does_not_grow_with_the_batch(shape8b):
+    """kv_cache_gb=0 on an 80 GiB GPU: the budget is the engine's KV_FREE_SHARE (40 %) of what the weights and the
+    runtime leave, the stage fits
+    by construction, and the prefill pass is PREFILL_TOKENS tokens whether the Ray Data batch is 4 or 512 samples."""
+    from toolace_r.engine.core import KV_FREE_SHARE, PREFILL_TOKENS
+    from toolace_r.plan.report import RUNTIME_GPU, need
+
+    cfg = load_config(JOB_8B)
+    assert cfg.engine.kv_cache_gb == 0
+    weights = shape8b.n_params * 2
+    small = est.probe_stage(shape8b, load_config(JOB_8B, ["probe.batch_size=4"]), 4096, 80 * GIB)
+    large = est.probe_stage(shape8b, load_config(JOB_8B, ["probe.batch_size=512"]), 4096, 80 * GIB)
+    assert KV_FREE_SHARE == 0.4
+    assert large.engine.budget == pytest.approx(KV_FREE_SHARE * (80 * GIB - weights - RUNTIME_GPU))
+    assert large.engine.rows == large.engine.memory_rows < 512 * 8  # the memory, not the batch, sets the rows
+    assert small.engine.rows == 4 * 8 < large.engine.rows
+    pre = {s: next(p.bytes for p in st.parts if p.name == "prefill pass") for s, st in (("s", small), ("l", large))}
+    assert pre["s"] == pre["l"] and "PREFILL_TOKENS=" in next(p.note for p in large.parts if p.name == "prefill pass")
+    assert PREFILL_TOKENS * est.pass_token_bytes(shape8b, 2) <= pre["l"]
+    assert need(large) <= 80 * GIB
+    assert f"admits {large.engine.memory_rows} rows of 4,352 tokens" in " ".join(large.notes)
+
+
+def test_an_oversized_kv_budget_names_an_engine_kv_cache_gb_that_fits_not_a_batch_size(shape8b):
+    from toolace_r.plan.report import need
+
+    cfg = load_config(JOB_8B, ["engine.kv_cache_gb=20"])
+    bad = {v.stage.name: v for v in judge(cfg, shape8b, 24 * GIB) if v.fits is False}
+    assert {"probe", "eval", "serve"} <= set(bad)
+    for name in ("probe", "eval", "serve"):
+        fixes = bad[name].fixes
+        assert not any("batch_size" in f for f in fixes), fixes
+        fix = next(f for f in fixes if f.startswith("engine.kv_cache_gb="))
+        gb = float(fix.split("=")[1].split(":")[0])
+        build = {"probe": est.probe_stage, "eval": est.eval_stage, "serve": est.serve_stage}[name]
+        fixed = build(shape8b, est.with_kv(cfg, gb), 4096, 24 * GIB)
+        assert need(fixed) <= 24 * GIB < need(build(shape8b, est.with_kv(cfg, gb + 0.2), 4096, 24 * GIB))
+        assert fixed.engine.rows >= fixed.engine.copies
+
+
+def test_cpu_default_budget_is_two_gib():
+    from toolace_r.engine.core import DEFAULT_KV_CACHE_GB
+
+    cfg = load_config(DEMO)
+    stage = est.eval_stage(model_shape(cfg), cfg, 512)
+    assert not stage.on_gpu and stage.engine.budget == DEFAULT_KV_CACHE_GB * GIB
+
+
+def test_plan_rows_are_the_rows_the_engine_admits(tmp_path):
+    """A tiny fp32 Llama on CPU and a budget of 5.5 requests of k=4 rows × (20 + 8) tokens: the plan's rows equal
+    the rows the real engine starts on its first step."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from toolace_r.engine import Engine, Request, Sampling, default_kv_cache_tokens
+
+    hf = LlamaConfig(vocab_size=48, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=256, eos_token_id=[1, 2, 3], pad_token_id=0)
+    (tmp_path / "config.json").write_text(hf.to_json_string())
+    k, prompt, new = 4, 20, 8
+    kv = 2 * 2 * 2 * 16 * 4
+    gb = 5.5 * k * (prompt + new) * kv / GIB
+    cfg = load_config(DEMO, [f"engine.kv_cache_gb={gb}", f"probe.k={k}", f"probe.generation.max_new_tokens={new}",
+                             "probe.gpus_per_actor=0", "probe.generation.temperature=0.7", "model.dtype=float32"])
+    plan = est.probe_stage(model_shape(cfg, str(tmp_path / "config.json")), cfg, prompt).engine
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(hf).eval()
+    engine = Engine(model, Namespace(eos_token_id=1, pad_token_id=0), kv_cache_tokens=default_kv_cache_tokens(model, gb))
+    assert engine.kv_cache_tokens == plan.budget_tokens
+    requests = [Request(prompt=list(range(4, 4 + prompt)), sampling=Sampling(temperature=0.7, max_new_tokens=new,
+                                                                               seed=i), n=k) for i in range(10)]
+    for r in requests:
+        engine.submit(r)
+    with torch.no_grad():
+        engine.step()
+    assert sum(r.started for r in requests) == plan.memory_rows == plan.rows == 5 * k
 
 
 def test_run_refuses_a_job_that_cannot_fit_naming_the_stage(capsys):

@@ -15,17 +15,17 @@ from toolace_r.config import BuiltinPoolConfig, Config, SelectConfig, load_confi
 from toolace_r.data.pool import load_builtin
 from toolace_r.data.prompts import render_answer
 from toolace_r.errors import ConfigError, DataError
-from toolace_r.generation import ForceTokens
 from toolace_r.models import load_tokenizer
 from toolace_r.probe import SUMMARY_FILE, ProbeActor, _samples_from_table, probe, read_probe
 from toolace_r.select import select
+from toolace_r.testing import forced_text
 
 # Ray workers cannot import this test module by name: ship the forcing actor class by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class GoldForcingActor(ProbeActor):
-    """The real probe actor whose model is constrained (a logits processor) to emit the gold answer for the ids in
+    """The real probe actor whose model is constrained (a guide, toolace_r.testing) to emit the gold answer for the ids in
     `forced_ids`, written as `written` writes it. Prompt rendering, generate, decoding, parsing and checking are all
     the production code."""
 
@@ -35,12 +35,10 @@ class GoldForcingActor(ProbeActor):
     def written(gold: str) -> str:
         return gold
 
-    def logits_processor(self, samples, prompts):
-        from transformers import LogitsProcessorList
-
-        gold = {p: self.written(render_answer(s.gold_calls())) for s, p in zip(samples, prompts)
-                if s.id in self.forced_ids}
-        return LogitsProcessorList([ForceTokens.for_texts(self.generator.tokenizer, gold)]) if gold else None
+    def guides(self, samples, prompts):
+        tok = self.generator.tokenizer
+        return [forced_text(tok, self.written(render_answer(s.gold_calls()))) if s.id in self.forced_ids else None
+                for s in samples]
 
 
 def fenced(gold: str) -> str:

@@ -16,8 +16,10 @@ import re
 import pytest
 import torch
 
+from conftest import sharp_llama
 from toolace_r.data import prompts
-from toolace_r.refine import CachedBatch, RefineItem, RoundStats, adaptive_refine
+from toolace_r.engine.cache import GrowingLayer
+from toolace_r.refine import RefineItem, RoundStats, adaptive_refine
 
 TOOLS = [{"name": "f", "description": "test function", "parameters": {"type": "dict", "properties": {
     "x": {"type": "integer", "description": "a number"}}, "required": ["x"]}}]
@@ -52,13 +54,7 @@ def _item(case: str, filler: str = "") -> RefineItem:
     return RefineItem(tools=TOOLS, messages=[{"role": "user", "content": f"{filler}case:{case} please"}])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded; on a shared 2-core box, 2 threads spin against each other (30x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -74,25 +70,14 @@ def tokenizer():
 
 
 def _tiny_llama(tokenizer, seed: int, hidden: int = 32, layers: int = 1, cls=None):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = (cls or LlamaForCausalLM)(config)
-    with torch.no_grad():  # larger weights than the default init: sharper logits, fewer near-ties
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3)
-    return model.eval()
+    return sharp_llama(seed, cls, vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
 def _scripted(tokenizer, seed: int = 0):
     from transformers import LlamaForCausalLM
-
-    from toolace_r.refine import _GrowingLayer
 
     assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")
     eos = tokenizer.eos_token_id
@@ -105,7 +90,7 @@ def _scripted(tokenizer, seed: int = 0):
                                   logits_to_keep=logits_to_keep, **kw)
             side = self.config.num_hidden_layers  # an extra cache layer records the ids fed to each row
             while len(cache.layers) <= side:  # the decoder's own layer type: it follows row parking and crops
-                cache.layers.append(_GrowingLayer())
+                cache.layers.append(GrowingLayer(cache.layers[0].selection))
             rec = input_ids[:, None, :, None].float()
             ids, _ = cache.layers[side].update(rec, rec)
             ids = ids[:, 0, :, 0].long()
@@ -121,6 +106,8 @@ def _scripted(tokenizer, seed: int = 0):
             return out
 
         def _next(self, context: list[int]) -> int:
+            if assistant not in context:
+                return eos  # inside a prompt: a position whose logits the decoder does not read
             last = len(context) - 1 - context[::-1].index(assistant)
             prompt_text = tokenizer.decode(context[: last + 1])
             case = re.search(r"case:(\w+)", prompt_text).group(1)
@@ -202,7 +189,7 @@ def test_each_item_in_a_batch_stops_on_its_own(tokenizer):
     model = _scripted(tokenizer)
     cases = ["flip", "stable", "fix", "broken", "nocall", "partial", "long", "stable"]
     items = [_item(c, filler="x " * i) for i, c in enumerate(cases)]  # different prompt lengths → left padding
-    results = _refine(model, tokenizer, items, max_rounds=4, batch_size=8)
+    results = _refine(model, tokenizer, items, max_rounds=4, max_rows=8)
     rounds = {c: r.rounds for c, r in zip(cases, results)}
     assert rounds == {"flip": 4, "stable": 2, "fix": 3, "broken": 4, "nocall": 2, "partial": 3, "long": 2}
     by_case = dict(zip(cases, results))
@@ -282,7 +269,7 @@ def test_prefix_reuse_and_draft_verification_equal_plain_decoding_scripted(token
     model = _scripted(tokenizer)
     cases = ["flip", "stable", "fix", "broken", "nocall", "partial", "long", "edit"]
     items = [_item(c, filler="y " * (3 * i)) for i, c in enumerate(cases)]
-    modes = _all_modes(model, tokenizer, items, max_rounds=4, batch_size=4)
+    modes = _all_modes(model, tokenizer, items, max_rounds=4, max_rows=4)
     plain, plain_stats = modes[(False, False)]
     for key, (res, stats) in modes.items():
         assert [r.answers for r in res] == [r.answers for r in plain], key
@@ -299,7 +286,7 @@ def test_prefix_reuse_and_draft_verification_equal_plain_decoding_random_models(
     BPE (so the reused prefix often ends inside the previous answer). Token-for-token equal in every mode."""
     model = _tiny_llama(tokenizer, seed, hidden=64, layers=2)
     items = [_item(c, filler="z " * (2 * i)) for i, c in enumerate(["flip", "stable", "fix", "long", "nocall"])]
-    modes = _all_modes(model, tokenizer, items, max_rounds=3, max_new_tokens=12, batch_size=3, adaptive=False)
+    modes = _all_modes(model, tokenizer, items, max_rounds=3, max_new_tokens=12, max_rows=3, adaptive=False)
     plain, _ = modes[(False, False)]
     for key, (res, _) in modes.items():
         assert [r.answers for r in res] == [r.answers for r in plain], (seed, key)
@@ -310,7 +297,7 @@ def test_prefix_reuse_and_draft_verification_equal_plain_decoding_random_models(
 def test_round_one_equals_hf_generate(tokenizer, seed):
     model = _tiny_llama(tokenizer, seed, hidden=64, layers=2)
     items = [_item(c, filler="w " * i) for i, c in enumerate(["stable", "flip", "long"])]
-    results = _refine(model, tokenizer, items, max_rounds=1, max_new_tokens=10, batch_size=3)
+    results = _refine(model, tokenizer, items, max_rounds=1, max_new_tokens=10, max_rows=3)
     for item, res in zip(items, results):
         text = prompts.render_prompt(tokenizer, item.tools, item.messages, "compact")
         enc = tokenizer(text, add_special_tokens=False, return_tensors="pt")
@@ -324,7 +311,7 @@ def test_sliding_window_models_decode_plainly_and_answer_as_alone(tokenizer):
     its answers (they did, before the guard): with the defaults its answers equal plain decoding and items run alone."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    from toolace_r.refine import holes_are_free
+    from toolace_r.engine.cache import holes_are_free
 
     torch.manual_seed(0)
     config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -339,7 +326,7 @@ def test_sliding_window_models_decode_plainly_and_answer_as_alone(tokenizer):
     model.generation_config.eos_token_id = [tokenizer.eos_token_id] + list(range(5, len(tokenizer), 7))
     assert not holes_are_free(model) and holes_are_free(_tiny_llama(tokenizer, 0))
     items = [_item(c, filler="z " * (2 * i)) for i, c in enumerate(["flip", "stable", "fix", "long", "nocall"])]
-    kw = dict(max_rounds=3, max_new_tokens=12, batch_size=5)
+    kw = dict(max_rounds=3, max_new_tokens=12, max_rows=5)
     default = [r.answers for r in _refine(model, tokenizer, items, **kw)]
     plain = [r.answers for r in _refine(model, tokenizer, items, draft_verify=False, reuse_prefix=False, **kw)]
     alone = [_refine(model, tokenizer, [item], **kw)[0].answers for item in items]
@@ -364,104 +351,3 @@ def test_reuse_survives_a_template_whose_tokens_merge_across_the_boundary(tokeni
     plain, _ = modes[(False, False)]
     for key, (res, _) in modes.items():
         assert [r.answers for r in res] == [r.answers for r in plain], key
-
-
-def _assert_rows_are_exact(model, batch, logits, expected: list[list[int]]) -> None:
-    """Row b holds exactly expected[b], and its next-token logits equal a fresh computation of that sequence."""
-    for row, expected_seq in enumerate(expected):
-        assert batch.seqs[row] == expected_seq
-        with torch.no_grad():
-            ref = model(input_ids=torch.tensor([expected_seq])).logits[0, -1]
-        assert torch.allclose(logits[row], ref, atol=1e-4)
-
-
-def test_cached_batch_crop_and_select_keep_rows_consistent(tokenizer):
-    """Low-level: after crops and a row selection, a row's next-token logits equal a fresh computation."""
-    model = _tiny_llama(tokenizer, 7, hidden=64, layers=2)
-    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("case:a one two", "case:bb", "x y z w v")]
-    batch = CachedBatch(model, tokenizer.pad_token_id, 3)
-    batch.feed(seqs, keep=1)
-    batch.crop(0, 3)
-    batch.feed([[5, 6], [7], []], keep=1)
-    batch.select([2, 0])
-    logits = batch.feed([[9], [9]], keep=1)[:, -1]
-    _assert_rows_are_exact(model, batch, logits, [seqs[2] + [9], seqs[0][:3] + [5, 6, 9]])
-
-
-def test_right_aligned_feed_and_trim_drop_rejected_slots_and_keep_rows_exact(tokenizer):
-    """Proposals of different lengths fed right-aligned, most of them rejected (cropped): trim() removes the slots
-    that are holes in every row, and each row's next logits still equal a fresh computation of its own sequence."""
-    model = _tiny_llama(tokenizer, 9, hidden=64, layers=2)
-    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("case:a one two", "x y")]
-    batch = CachedBatch(model, tokenizer.pad_token_id, 2)
-    batch.feed(seqs, keep=1)
-    width = batch.mask.shape[1]
-    batch.feed([[11, 12, 13, 14], [15]], keep=4, right_aligned=True)
-    batch.crop(0, len(seqs[0]) + 2)  # row 0 keeps 2 of its 4 tokens, row 1 its only one
-    batch.trim()
-    assert batch.mask.shape[1] == width + 2 and batch.cache.get_seq_length() == width + 2
-    logits = batch.feed([[9], [9]], keep=1, right_aligned=True)[:, -1]
-    _assert_rows_are_exact(model, batch, logits, [seqs[0] + [11, 12, 9], seqs[1] + [15, 9]])
-
-
-def test_parked_rows_sit_out_passes_and_come_back_exact(tokenizer):
-    """park() takes finished rows out of the forward passes (the model sees only the live rows); after passes that
-    grow, crop and trim the live rows' cache past the parked rows' length, unpark() puts them back in order, and
-    every row's next logits equal a fresh computation of its own sequence."""
-    model = _tiny_llama(tokenizer, 11, hidden=64, layers=2)
-    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("case:a one two", "x y", "z w v u")]
-    batch = CachedBatch(model, tokenizer.pad_token_id, 3)
-    batch.feed(seqs, keep=1)
-    assert batch.park([1]) and batch.live == [0, 2]
-    with pytest.raises(ValueError, match="parked row"):
-        batch.feed([[5], [6], [7]], keep=1)
-    assert batch.feed([[5], [], [7]], keep=1).shape[0] == 2  # the pass ran on two rows
-    batch.feed([[11, 12, 13], [], [14]], keep=3, right_aligned=True)
-    batch.crop(0, len(seqs[0]) + 3)  # row 0 keeps 2 of its 3 proposed tokens
-    batch.trim()
-    assert batch.park([2]) and not batch.park([0])  # the last live row is never parked
-    batch.feed([[15, 16], [], []], keep=1)
-    batch.unpark()
-    assert batch.live == [0, 1, 2] and batch.mask.shape == (3, batch.cache.get_seq_length())
-    logits = batch.feed([[9], [9], [9]], keep=1, right_aligned=True)[:, -1]
-    _assert_rows_are_exact(model, batch, logits,
-                           [seqs[0] + [5, 11, 12, 15, 16, 9], seqs[1] + [9], seqs[2] + [7, 14, 9]])
-
-
-def test_trim_keeps_the_slots_of_parked_rows(tokenizer):
-    """A row parked right after a right-aligned feed owns slots that are holes in every live row: trim() must not cut
-    them, and the row comes back exact."""
-    model = _tiny_llama(tokenizer, 13, hidden=64, layers=2)
-    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("case:a one two", "x y")]
-    batch = CachedBatch(model, tokenizer.pad_token_id, 2)
-    batch.feed(seqs, keep=1)
-    batch.feed([[11], [12, 13, 14]], keep=3, right_aligned=True)
-    assert batch.park([1])
-    batch.trim()
-    assert batch.cache.get_seq_length() == batch.mask.shape[1] == batch.slots[1][-1] + 1
-    batch.unpark()
-    logits = batch.feed([[9], [9]], keep=1, right_aligned=True)[:, -1]
-    _assert_rows_are_exact(model, batch, logits, [seqs[0] + [11, 9], seqs[1] + [12, 13, 14, 9]])
-
-
-def test_growing_cache_layer_appends_in_place_like_concatenation():
-    """The refinement cache's layer keeps what DynamicLayer's concatenation would hold, through buffer growth, row
-    selection and crops, while its buffer grows geometrically (appends are not copies of the whole cache)."""
-    from toolace_r.refine import _GrowingLayer
-
-    layer, reference = _GrowingLayer(), None
-    gen = torch.Generator().manual_seed(0)
-    buffers = set()
-    for n in (5, 1, 1, 70, 1, 3):  # crosses the initial 64-slot capacity
-        k, v = torch.randn(3, 2, n, 4, generator=gen), torch.randn(3, 2, n, 4, generator=gen)
-        keys, values = layer.update(k, v)
-        reference = (k, v) if reference is None else tuple(torch.cat([r, x], dim=-2) for r, x in zip(reference, (k, v)))
-        torch.testing.assert_close(keys, reference[0], rtol=0, atol=0)
-        torch.testing.assert_close(values, reference[1], rtol=0, atol=0)
-        buffers.add(layer._k.data_ptr())
-    assert layer.get_seq_length() == 81 and len(buffers) == 2  # one growth (64 → 128 slots) for 81 tokens
-    layer.batch_select_indices(torch.tensor([2, 0]))
-    torch.testing.assert_close(layer.keys, reference[0][[2, 0]], rtol=0, atol=0)
-    layer.crop(-3)
-    assert layer.get_seq_length() == 78
-    torch.testing.assert_close(layer.values, reference[1][[2, 0], :, :78], rtol=0, atol=0)

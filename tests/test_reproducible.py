@@ -153,8 +153,7 @@ def _cfg(tmp_path: Path, **overrides):
 
     base = {"model.prompt_style": "compact", "probe.k": "3", "probe.batch_size": "6", "probe.num_actors": "1",
             "probe.generation.temperature": "1.0", "probe.generation.max_new_tokens": "12",
-            "probe.generation.batch_size": "4", "eval.num_actors": "1", "eval.batch_size": "6",
-            "eval.generation.batch_size": "4", "eval.generation.max_new_tokens": "16", "eval.max_rounds": "2",
+            "eval.num_actors": "1", "eval.batch_size": "6", "eval.generation.max_new_tokens": "16", "eval.max_rounds": "2",
             "eval.limit": "10", "pool.builtin.n_train": "40", "pool.builtin.n_heldout": "10",
             "train.num_workers": "2", "train.max_steps": "4", "train.warmup_steps": "1", "train.checkpoint_every": "0",
             "train.tokens_per_micro_batch": "512", "train.precision": "amp_bf16", "train.lr": "3e-3",

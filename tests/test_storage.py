@@ -161,7 +161,7 @@ def test_small_files_and_ray_train_storage_through_the_store(fake_store, tmp_pat
     assert isinstance(kwargs["storage_filesystem"], pyarrow.fs.SubTreeFileSystem)
 
     from toolace_r.config import load_config
-    from toolace_r.probe import keep_answer_for, prompt_style_for
+    from toolace_r.models import keep_answer_for, prompt_style_for
 
     cfg = load_config(None, ["model.prompt_style=compact"])
     assert prompt_style_for(cfg, "fake://bucket/m") == "signature"  # read from the store...

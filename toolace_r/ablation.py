@@ -249,7 +249,7 @@ def full_sizes_for(root: Path, seed: int) -> dict[int, int]:
 
 def run_ablation(cfg: Config) -> dict:
     """Run (or resume) every (arm, seed), then write and return the ablation report."""
-    from toolace_r.driver import init_ray
+    from toolace_r import ray_session
 
     arms = check_arms(list(cfg.ablation.arms))
     seeds = check_seeds(list(cfg.ablation.seeds))
@@ -260,7 +260,7 @@ def run_ablation(cfg: Config) -> dict:
     root = Path(cfg.run.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     rio.write_text(root / "config.yaml", to_yaml(cfg))
-    started_ray = init_ray(cfg)  # one Ray for every run (the driver joins it instead of starting its own)
+    started_ray = ray_session.start_or_join(cfg)  # one Ray for every run (each run's driver joins it)
     try:
         model_path = shared_base_model(cfg, root)
         configs = {(a, s): arm_config(a, cfg, root, model_path, s) for a in arms for s in seeds}

@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # toolace_r's lines (and each stage's progress bar) on the console; Ray's and the libraries' output goes to
-    # RUN_DIR/logs once a command starts Ray (toolace_r.console, driver.init_ray)
+    # RUN_DIR/logs once a command starts Ray (toolace_r.console, ray_session.start_or_join)
     setup_logging(args.log_level)
     module_name, func_name, _ = COMMANDS[args.command]
     try:

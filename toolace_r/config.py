@@ -8,6 +8,8 @@ Paper decisions that are ours (PAPER.md, marked [D]) are fields with defaults he
 """
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from toolace_r.data.prompts import SYSTEM_TEMPLATES
 from toolace_r.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,8 +112,16 @@ class GenerationConfig:
     max_new_tokens: int = 128
     temperature: float = 0.7
     top_p: float = 0.95
-    batch_size: int = 32  # prompts per generate() call (sorted by length)
     seed: int = 0
+
+
+@dataclass
+class EngineConfig:
+    """The decoding engine (toolace_r.engine) every probe actor, eval actor and serve replica runs."""
+    # KV-cache budget per engine in GiB: the engine admits sequences while rows x reserved length (prompt +
+    # max_new_tokens) fits, so batch sizes follow from memory. 0 = 40 % of free GPU memory after loading the model,
+    # 2 GiB on CPU.
+    kv_cache_gb: float = 0.0
 
 
 @dataclass
@@ -152,8 +164,7 @@ class RefineConfig:
     # answer") or "confirm" it with a fixed phrase (prompts.CONFIRM_ANSWER), after which the previous answer stands.
     # Recorded in the trained model's toolace_r.json, so evaluation and serving ask it the way it was trained.
     keep_answer: str = "repeat"
-    # Adaptive refinement at inference (PAPER.md §3)
-    max_rounds: int = 3
+    # Adaptive refinement at inference (PAPER.md §3); its rounds are capped by eval.max_rounds and serve.max_rounds
     draft_verify: bool = True  # verify a repeated answer in one forward pass (greedy only)
     reuse_prefix: bool = True  # reuse the KV cache of the shared prompt prefix
     seed: int = 0
@@ -255,9 +266,8 @@ class ServeConfig:
     max_ongoing_requests: int = 32
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    batching: bool = True
-    max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.005  # how long a request that finds the model idle waits for company
+    batching: bool = True  # false: one request decodes at a time (the unbatched baseline of benchmarks/serve_load.py)
+    max_batch_size: int = 16  # the most requests a replica decodes at once (within engine.kv_cache_gb)
     max_rounds: int = 3
     max_new_tokens: int = 256
     max_body_bytes: int = 1_000_000
@@ -292,7 +302,6 @@ class RunConfig:
     patience: int = 1
     ray_address: str = ""  # "" = ray.init() default (local, or the cluster of a `ray job submit`)
     num_cpus: int = 0  # local Ray only; 0 = all
-    seed: int = 0
     log_level: str = "INFO"
 
 
@@ -300,6 +309,7 @@ class RunConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
@@ -331,6 +341,42 @@ _CHOICES = {
     "train.precision": {"auto", "fp32", "bf16", "amp_bf16"},
     "train.placement_strategy": {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"},
 }
+
+
+# Keys the schema once had and has no more, with why. A command-line override naming one is an error saying so (the
+# user asked for something that would do nothing); a YAML file naming one — an older job file, or the config.yaml an
+# earlier version saved in a run dir — loads with a warning, the key dropped (it never had an effect, so nothing that
+# file computed changes), and driver.prepare_run_dir ignores them when it compares a resumed run's saved config.
+RETIRED_KEYS = {
+    "run.seed": "it was read nowhere; each random choice has its own seed: pool.builtin.seed, pool.dev_seed, "
+                "probe.generation.seed, select.seed, refine.seed, train.seed, eval.generation.seed",
+    "refine.max_rounds": "it was read nowhere; refinement rounds at inference are eval.max_rounds (evaluation, and "
+                         "the driver's dev and test evaluations) and serve.max_rounds (serving)",
+    "probe.generation.batch_size": "the decoding engine batches continuously; how many sequences decode at once "
+                                   "follows from its KV-cache budget, engine.kv_cache_gb",
+    "eval.generation.batch_size": "the decoding engine batches continuously; how many sequences decode at once "
+                                  "follows from its KV-cache budget, engine.kv_cache_gb",
+    "serve.batch_wait_timeout_s": "a replica's engine takes each request at its next decoding step (continuous "
+                                  "batching): no request waits for company",
+}
+
+
+def drop_retired_keys(tree: Any, source: str | None = None) -> Any:
+    """A copy of `tree` (a plain dict, e.g. a loaded YAML) without RETIRED_KEYS; each one dropped is logged as a
+    warning naming `source`, unless it is None. Anything but a dict is returned as it is."""
+    if not isinstance(tree, dict):
+        return tree
+    tree = copy.deepcopy(tree)
+    for dotted, why in RETIRED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            del node[leaf]
+            if source is not None:
+                log.warning("%s: key %r is ignored: %s; delete it from the file", source, dotted, why)
+    return tree
 
 
 def _error_key(err: OmegaConfBaseException) -> str:
@@ -365,12 +411,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = OmegaConf.load(path)
         except Exception as err:  # YAML syntax errors come from yaml, not omegaconf
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        cfg = _merge(cfg, loaded, str(path))
+        cfg = _merge(cfg, drop_retired_keys(OmegaConf.to_container(loaded), str(path)), str(path))
         source = str(path)
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"command line: override {bad[0]!r} is not of the form key=value")
+        for o in overrides:
+            key = o.split("=", 1)[0].lstrip("+~")
+            if key in RETIRED_KEYS:
+                raise ConfigError(f"command line: key {key!r} no longer exists: {RETIRED_KEYS[key]}")
         try:
             dotlist = OmegaConf.from_dotlist(list(overrides))
         except OmegaConfBaseException as err:

@@ -5,7 +5,7 @@ per stage (probe: samples, train: optimizer steps, eval: items), each with its r
 not a terminal (CI, `> file`, `| tee`) a bar becomes a plain line every 10 % or 30 s instead of thousands of
 carriage returns. stdout: what a command answers (the summary table of `toolace-r run`).
 
-RUN_DIR/logs/ (`log_to_dir`, `route_worker_logs`; called by driver.init_ray when it starts Ray):
+RUN_DIR/logs/ (`log_to_dir`, `route_worker_logs`; called by ray_session.start_or_join when it starts Ray):
   driver.log   every log record of the driver process: toolace_r, libraries, Python warnings
   ray.log      Ray's driver-side loggers: Ray start-up, Ray Data execution plans and progress reports, Ray Train
   workers.log  stdout/stderr of every Ray worker process — training workers' step lines, DeepSpeed, Ray Train's

@@ -26,9 +26,7 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import shutil
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,7 +35,8 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from toolace_r import io as rio
-from toolace_r.config import Config, RunConfig, to_dict, to_yaml
+from toolace_r import ray_session, testing
+from toolace_r.config import Config, RunConfig, drop_retired_keys, to_dict, to_yaml
 from toolace_r.data.schema import Sample
 from toolace_r.errors import ConfigError, DataError
 from toolace_r.report import STATE_FILE, iter_key, write_report
@@ -46,9 +45,6 @@ log = logging.getLogger("toolace_r.driver")
 
 CONFIG_FILE = "config.yaml"
 DEV_FILE = "dev.jsonl"  # the dev split (Sample rows), what every iter_NNN/dev_eval evaluates
-# Test hook (tests/test_faults.py): the driver SIGKILLs itself right after recording this stage key as finished,
-# i.e. a crash at a stage boundary before the report is rebuilt. Unset — always, outside tests — it does nothing.
-TEST_KILL_ENV = "TOOLACE_TEST_KILL_AFTER_STAGE"
 # Keys that only say how (or how long) to run, not what is computed: they may change between a run and its resume.
 RESUME_SAFE = (
     "run.dir", "run.ray_address", "run.num_cpus", "run.log_level", "run.max_iterations", "run.patience",
@@ -111,8 +107,7 @@ def run_stage(state: RunState, run_dir: Path, key: str, fn: Callable[[], Any], p
     started = state.start(key)
     result = fn()
     state.finish(key, result, started)
-    if os.environ.get(TEST_KILL_ENV) == key:  # test hook, see TEST_KILL_ENV
-        os.kill(os.getpid(), signal.SIGKILL)
+    testing.after_stage(key)  # fault tests only: a crash at this stage boundary (toolace_r.testing)
     log.info("✓ %-20s done in %.1f s", key, time.time() - started)
     write_report(run_dir)
     if push:
@@ -225,7 +220,8 @@ def prepare_run_dir(cfg: Config, run_dir: Path | None = None) -> Path:
     saved_path = run_dir / CONFIG_FILE
     current = to_dict(cfg)
     if saved_path.is_file():
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+        # keys an earlier version saved that the schema no longer has (they never had an effect): not a difference
+        saved = drop_retired_keys(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
         unsafe, safe = config_differences(saved, current)  # type: ignore[arg-type]
         if unsafe:
             details = ", ".join(f"{k}: {_flatten(saved).get(k)!r} → {_flatten(current).get(k)!r}" for k in unsafe[:8])
@@ -237,56 +233,6 @@ def prepare_run_dir(cfg: Config, run_dir: Path | None = None) -> Path:
             log.warning("resuming %s with changed run settings: %s", run_dir, ", ".join(safe))
     rio.write_text(saved_path, to_yaml(cfg))
     return run_dir
-
-
-def quiet_state_api_warnings() -> None:
-    """Ray worker setup hook: Ray Train's placement-group cleaner asks the state API every second whether the train
-    controller is alive and warns each time the API is down, as it always is on a Ray started without a dashboard —
-    half of a demo run's log was that line. Only that logger is raised to ERROR; its other errors still show."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-
-def init_ray(cfg: Config, log_dir: str | Path | None = None) -> bool:
-    """Connect to Ray. Inside `ray job submit` (RAY_ADDRESS is set) or with run.ray_address: join that cluster
-    without asking for resources. Otherwise start a private local Ray (never silently join someone else's
-    `ray start` on this machine: set run.ray_address=auto for that). Returns True when this call started Ray.
-
-    Ray's own console output goes to `log_dir` (default RUN_DIR/logs, toolace_r.console): its loggers and Ray
-    Data's execution reports to ray.log, every worker's stdout/stderr (training workers' step lines, Ray Train's
-    report and checkpoint lines, DeepSpeed, actors) to workers.log; Ray Data's progress bars are off — each stage
-    shows one bar of its own. When Ray is already up (a test's, an ablation's) nothing is changed."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    import ray.data  # before log_to_dir: importing it installs Ray Data's console handler
-
-    from toolace_r import console
-    from toolace_r.storage import RunDir
-
-    log_dir = console.log_to_dir(Path(log_dir) if log_dir else RunDir(cfg.run.dir).local / "logs")
-    console.redirect_native_stderr(log_dir)  # Ray's C++ core worker writes to fd 2 itself (a command line only)
-    data_ctx = ray.data.DataContext.get_current()
-    data_ctx.enable_progress_bars = False  # Ray Data's "Running Dataset" blocks and per-operator bars
-    data_ctx.enable_operator_progress_bars = False
-    data_ctx.execution_options.preserve_order = True  # outputs in input order (toolace_r.raydata)
-    routable = console.worker_log_routing_available()
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=routable)
-    else:
-        log.info("starting a local Ray (%s CPUs)", cfg.run.num_cpus or "all")
-        # no dashboard on a private local Ray: less memory and no ports to collide with; without it Ray's state API is
-        # down, and the quiet_state_api_warnings hook keeps Ray Train's once-a-second complaint about it out of the log
-        ray.init(address="local", num_cpus=cfg.run.num_cpus or None, include_dashboard=False, log_to_driver=routable,
-                 runtime_env={"worker_process_setup_hook": "toolace_r.driver.quiet_state_api_warnings"})
-    if routable:
-        console.route_worker_logs(log_dir)
-    log.info("Ray resources: %s; Ray's and the workers' logs: %s%s",
-             {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}, log_dir,
-             "" if routable else " (worker logs: the Ray session's logs dir)")
-    return True
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -365,7 +311,7 @@ def base_model_stage(cfg: Config, pool: list[Sample], run_dir: Path,
 
 def prompt_style(cfg: Config, model_dir: str) -> str:
     """The model's own prompt style (its toolace_r.json, read from the store for a URI), else model.prompt_style."""
-    from toolace_r.probe import prompt_style_for
+    from toolace_r.models import prompt_style_for
 
     return prompt_style_for(cfg, model_dir)
 
@@ -500,7 +446,7 @@ def run(cfg: Config, random_sizes: dict[int, int] | None = None) -> dict:
     state.data["decoders"] = {"probe": cfg.probe.decoder, "eval": cfg.eval.decoder}  # the report labels its figures
     state.save()
     log.info("run dir %s (%s)", location.location, "resuming" if state.data["stages"] else "new run")
-    started_ray = init_ray(cfg)
+    started_ray = ray_session.start_or_join(cfg)
     try:
         stage = lambda key, fn: run_stage(state, run_dir, key, fn, location.push)  # noqa: E731
         pool, dev = load_pool_stage(cfg, state, run_dir)

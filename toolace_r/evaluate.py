@@ -68,6 +68,13 @@ class EvalActor:
                 model_path = storage.localize(model_path)
             self.model, self.tokenizer = load_model(model_path, dtype=settings.get("dtype", "auto"),
                                                     trust_remote_code=bool(settings.get("trust_remote_code")))
+            from toolace_r.engine import Engine, default_kv_cache_tokens
+
+            gb = float(settings.get("kv_cache_gb") or 0)
+            self.engine = Engine(self.model, self.tokenizer,
+                                 kv_cache_tokens=default_kv_cache_tokens(self.model, gb),
+                                 draft_verify=bool(settings["draft_verify"]) and settings["keep_answer"] == "repeat",
+                                 reuse_prefix=bool(settings["reuse_prefix"]))
 
     def answer(self, samples: list[Sample]) -> list[dict[str, Any]]:
         """Each sample's first and final answer, rounds, tokens, forward passes."""
@@ -88,9 +95,8 @@ class EvalActor:
             [RefineItem(x.tools, x.messages, constraint=_guided(x.tools) if s.get("guided") else None)
              for x in samples],
             max_rounds=int(s["max_rounds"]), max_new_tokens=int(s["max_new_tokens"]), style=self.style,
-            draft_verify=bool(s["draft_verify"]), reuse_prefix=bool(s["reuse_prefix"]),
-            temperature=float(s["temperature"]), batch_size=int(s["batch_size"]), seed=int(s["seed"]),
-            keep_answer=s["keep_answer"],
+            temperature=float(s["temperature"]), top_p=float(s["top_p"]), seed=int(s["seed"]),
+            keep_answer=s["keep_answer"], engine=self.engine,
         )
         return [{"first_answer": r.first_answer, "answer": r.answer, "answers": list(r.answers or [r.answer]),
                  "rounds": r.rounds, "tokens": r.tokens, "forward_passes": r.forward_passes} for r in results]
@@ -274,9 +280,10 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
     the caller has the pool) is written to metrics.json beside the figures."""
     import ray
 
+    from toolace_r import ray_session
     from toolace_r.console import Progress
     from toolace_r.endpoint import NOTE, EndpointModel, is_endpoint
-    from toolace_r.probe import ensure_ray, keep_answer_for, prompt_style_for
+    from toolace_r.models import keep_answer_for, prompt_style_for
     from toolace_r.raydata import batched_dataset
     from toolace_r.tables import add_intervals
 
@@ -295,7 +302,7 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
              model_path, style, ec.num_actors)
     settings = dict(
         max_rounds=ec.max_rounds, max_new_tokens=ec.generation.max_new_tokens, temperature=ec.generation.temperature,
-        seed=ec.generation.seed, batch_size=ec.generation.batch_size, decoder=ec.decoder,
+        top_p=ec.generation.top_p, seed=ec.generation.seed, kv_cache_gb=cfg.engine.kv_cache_gb, decoder=ec.decoder,
         draft_verify=cfg.refine.draft_verify, reuse_prefix=cfg.refine.reuse_prefix, dtype=cfg.model.dtype,
         keep_answer=cfg.refine.keep_answer if endpoint or model_path == ORACLE else keep_answer_for(cfg, model_path),
         guided=ec.guided,
@@ -315,7 +322,7 @@ def evaluate(cfg: Config, model_path: str, specs: list[str], out_dir: str,
             if endpoint:
                 endpoint.close()
     else:
-        ensure_ray(cfg)
+        ray_session.start_or_join(cfg)
         # Fixed batches of eval.batch_size items, one block each, outputs in input order (toolace_r.raydata): greedy
         # answers depend on a batch's padding, so which items share a batch must not depend on Ray Data's block
         # layout or on which actor is free first. The in-process path above cuts the same batches.

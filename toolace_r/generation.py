@@ -1,73 +1,48 @@
-"""Batched generation shared by probing, evaluation and serving.
+"""k answers per prompt, for probing: a thin caller of the decoding engine (toolace_r.engine).
 
-One `Generator` wraps a Hugging Face causal LM and its tokenizer. `generate(prompts, n=k, ...)` returns k answers
-per prompt. What makes it fast on a CPU as well as on a GPU:
+`Generator.generate(prompts, n=k, ...)` submits one engine request per prompt, its n sequences sharing one prefill
+of the prompt (the engine copies the prompt's cache row n - 1 times), and returns each prompt's answers as text.
+Batching is the engine's: requests run continuously under its KV-cache budget, so an answer that ends early frees
+its row for the next prompt instead of waiting for the longest answer of a fixed batch.
 
-- prompts are tokenized once and sorted by length (longest first, so an out-of-memory shows up in the first batch),
-  then cut into batches: each batch pads to a similar length, so little compute goes into padding;
-- left padding, so every row's next token sits in the same (last) column;
-- the k sampled answers of a prompt share its prompt: the prompt is run through the model once, its KV cache is
-  copied k times, and only the answers are decoded k-fold (`share_prefix=True`, the default). Plain
-  `num_return_sequences` would run the prompt k times; on tool-calling prompts (a long tool list, a short answer)
-  the prompt is most of the work (benchmarks/probe_throughput.py measures both);
-- greedy decoding (temperature 0) computes one answer and copies it n times: the n answers are identical anyway.
-
-Sampling is deterministic given `seed`: the torch RNG is reseeded per batch (seed + batch index) inside
-`torch.random.fork_rng`, so the caller's RNG state is untouched and the same inputs give the same answers.
+Sampling is deterministic per prompt: prompt i draws from `seeds[i]` (sequence j from seeds[i] + j), so a sample's
+answers do not depend on which other samples were probed with it. Greedy decoding (temperature 0) computes one answer
+and copies it n times: the n answers are identical anyway.
 """
 from __future__ import annotations
 
-import inspect
-import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from transformers import LogitsProcessor
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
 class Generation:
     text: str  # decoded answer, special tokens removed, up to (excluding) EOS
-    n_tokens: int  # generated tokens up to and excluding EOS / padding
+    n_tokens: int  # generated tokens up to and excluding EOS
 
 
 class Generator:
-    """Batched `model.generate` with left padding, length-sorted batches and k answers per prompt."""
+    """A model, its tokenizer and one decoding engine; `generate` answers prompts k times."""
 
-    def __init__(self, model: Any, tokenizer: Any):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.pad_id: int = self.tokenizer.pad_token_id
-        self.stop_ids: set[int] = stop_ids(model, tokenizer)
-        # Preallocated KV caches (see prefix_cache); switched off, with a warning, for a model that refuses them.
-        self.static_cache = True
-        # Running totals, for benchmarks and logs: real prompt tokens vs. the padded grid actually computed.
-        self.stats = {"prompts": 0, "prompt_tokens": 0, "padded_prompt_tokens": 0, "generated_tokens": 0}
-        # transformers 5 renamed `past_key_values` to `cache` and 4.50 `num_logits_to_keep` to `logits_to_keep`.
-        forward_args = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
-        self._logits_arg = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in forward_args), None)
+    def __init__(self, model: Any, tokenizer: Any, kv_cache_tokens: int = 0):
+        from toolace_r.engine import Engine
+
+        self.model, self.tokenizer = model, tokenizer
+        self.engine = Engine(model, tokenizer, kv_cache_tokens=kv_cache_tokens)
+        self.stop_ids = self.engine.eos
 
     @classmethod
-    def from_path(
-        cls, path: str, dtype: str = "auto", device: str | torch.device | None = None, trust_remote_code: bool = False
-    ) -> "Generator":
+    def from_path(cls, path: str, dtype: str = "auto", device: str | torch.device | None = None,
+                  trust_remote_code: bool = False, kv_cache_tokens: int = 0) -> "Generator":
         """Load with `models.load_model`: bf16 on a GPU when there is one, fp32 on CPU (models.pick_dtype)."""
         from toolace_r.models import load_model
 
         model, tokenizer = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, kv_cache_tokens)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
+    @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[str],
@@ -75,157 +50,36 @@ class Generator:
         temperature: float = 0.0,
         top_p: float = 1.0,
         max_new_tokens: int = 128,
-        seed: int = 0,
-        batch_size: int = 32,
-        logits_processor: Any = None,
-        share_prefix: bool = True,
-    ) -> list[list["Generation"]]:
+        seed: int | Sequence[int] = 0,
+        guides: Sequence[Any] | None = None,
+    ) -> list[list[Generation]]:
         """`n` answers for each prompt, in prompt order. temperature 0 = greedy (n identical answers).
 
-        `batch_size` counts prompts per `model.generate` call (each expands to n rows when sampling).
-        `logits_processor` (a transformers LogitsProcessorList) constrains decoding, e.g. a grammar.
-        """
+        `seed`: one int (prompt i draws from seed + i * n) or one seed per prompt. `guides[i]` constrains prompt i's
+        answers (toolace_r.constrain.RowGuide or a zero-argument factory of one per sequence; toolace_r.testing has
+        one that forces known text)."""
+        from toolace_r.engine import Request, Sampling
+
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not prompts:
-            return []
-        greedy = temperature <= 0.0
-        draws = 1 if greedy else n
-        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        self._check_lengths(encoded, max_new_tokens)
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
-        results: list[list[Generation]] = [[] for _ in prompts]
-        for batch_index, start in enumerate(range(0, len(order), batch_size)):
-            idx = order[start : start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, padding=True, return_tensors="pt")
-            with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
-                torch.manual_seed(seed + batch_index)
-                rows = self._generate_batch(
-                    batch["input_ids"], batch["attention_mask"], draws, greedy, temperature, top_p,
-                    max_new_tokens, logits_processor, share_prefix,
-                )
-            for j, i in enumerate(idx):
-                answers = [self._decode(r) for r in rows[j * draws : (j + 1) * draws]]
-                results[i] = answers * n if greedy else answers
-                self.stats["generated_tokens"] += sum(a.n_tokens for a in answers)
-            self.stats["prompts"] += len(idx)
-            self.stats["prompt_tokens"] += int(batch["attention_mask"].sum())
-            self.stats["padded_prompt_tokens"] += batch["input_ids"].numel()
-        return results
+        seeds = [seed + i * n for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        draws = 1 if temperature <= 0 else n
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+        requests = [Request(prompt=ids, sampling=Sampling(temperature, top_p, s, max_new_tokens), n=draws,
+                            guide=guides[i] if guides is not None else None)
+                    for i, (ids, s) in enumerate(zip(encoded, seeds))]
+        self.engine.run(requests)
+        out = []
+        for request in requests:
+            answers = [self._decode(seq[-1]) for seq in request.answers]
+            out.append(answers * n if draws == 1 else answers)
+        return out
 
-    # --- internals ------------------------------------------------------------------------------------------------
-    def _generation_config(self, greedy: bool, temperature: float, top_p: float, max_new_tokens: int, returns: int,
-                           cache_given: bool = False):
-        from transformers import GenerationConfig
-
-        # Our config is the authority on the sampling distribution: top_k and repetition penalties a checkpoint ships
-        # with are switched off, so that a pass rate means the same thing for every model.
-        sampling = {} if greedy else {"temperature": float(temperature), "top_p": float(top_p)}
-        return GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=returns,
-            do_sample=not greedy,
-            top_k=0 if not greedy else None,
-            repetition_penalty=1.0,
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.stop_ids) or None,
-            # see prefix_cache: no per-step concatenation of the KV cache (a cache passed in is static already)
-            cache_implementation="static" if self.static_cache and not cache_given else None,
-            **sampling,
-        )
-
-    @torch.inference_mode()
-    def _generate_batch(
-        self, input_ids, attention_mask, draws, greedy, temperature, top_p, max_new_tokens, logits_processor, share_prefix
-    ) -> torch.Tensor:
-        """Generated token ids, `draws` consecutive rows per prompt, prompt columns cut off."""
-        args = (input_ids, attention_mask, draws, greedy, temperature, top_p, max_new_tokens, logits_processor,
-                share_prefix)
-        try:
-            return self._generate_rows(*args)
-        except (TypeError, ValueError, NotImplementedError) as err:  # not out-of-memory: that is a RuntimeError
-            if not self.static_cache:
-                raise
-            log.warning("%s does not take a static KV cache (%s: %s); decoding with a dynamic one",
-                        type(self.model).__name__, type(err).__name__, err)
-            self.static_cache = False
-            return self._generate_rows(*args)
-
-    def _generate_rows(
-        self, input_ids, attention_mask, draws, greedy, temperature, top_p, max_new_tokens, logits_processor, share_prefix
-    ) -> torch.Tensor:
-        device = self.device
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        prompt_len = input_ids.shape[1]
-        shared = draws > 1 and share_prefix and prompt_len > 1
-        gen_config = self._generation_config(greedy, temperature, top_p, max_new_tokens, 1 if shared else draws,
-                                             cache_given=shared)
-        kwargs: dict[str, Any] = {"generation_config": gen_config}
-        if logits_processor is not None:
-            kwargs["logits_processor"] = logits_processor
-        if shared:
-            kwargs[self._cache_arg] = self.prefix_cache(
-                input_ids, attention_mask, copies=draws,
-                max_cache_len=prompt_len + max_new_tokens if self.static_cache else None)
-            input_ids = input_ids.repeat_interleave(draws, dim=0)
-            attention_mask = attention_mask.repeat_interleave(draws, dim=0)
-        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return out[:, prompt_len:].cpu()
-
-    @torch.inference_mode()
-    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, copies: int = 1,
-                     max_cache_len: int | None = None):
-        """KV cache of every left-padded prompt but its last token, each row repeated `copies` times: generate()
-        then computes only the uncached last prompt token and the answers.
-
-        With `max_cache_len` the cache is a preallocated StaticCache of that length: decoding then writes each new
-        token in place, where a DynamicCache concatenates the whole cache at every step (that copy was ~2/3 of the
-        decoding time of k=4 probing batches on CPU; static is ~3x faster there, token for token the same answers).
-
-        Positions count real tokens only, as generate() counts them for the tokens after the prefix: without them
-        a left-padded row's prefix would sit `pad` positions further from its answer than in training."""
-        mask = attention_mask[:, :-1]
-        kwargs = {self._cache_arg: None, "use_cache": True, "position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0)}
-        if self._logits_arg:
-            kwargs[self._logits_arg] = 1  # the prefix's logits are not needed: skip the vocab projection
-        out = self.model(input_ids=input_ids[:, :-1], attention_mask=mask, **kwargs)
-        cache = getattr(out, self._cache_arg)
-        if max_cache_len is not None:
-            return _to_static_cache(self.model.config, cache, copies, max_cache_len)
-        cache.batch_repeat_interleave(copies)
-        return cache
-
-    def _decode(self, row: torch.Tensor) -> Generation:
-        tokens = row.tolist()
-        end = next((i for i, t in enumerate(tokens) if t in self.stop_ids or t == self.pad_id), len(tokens))
-        text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
-        return Generation(text=text.strip(), n_tokens=end)
-
-    def _check_lengths(self, encoded: list[list[int]], max_new_tokens: int) -> None:
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if not limit:
-            return
-        longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
-        if len(encoded[longest]) + max_new_tokens > limit:
-            from toolace_r.errors import ToolaceError
-
-            raise ToolaceError(
-                f"prompt {longest} has {len(encoded[longest])} tokens; with max_new_tokens={max_new_tokens} it exceeds "
-                f"the model's max_position_embeddings={limit}"
-            )
-
-
-def _to_static_cache(config: Any, cache: Any, copies: int, max_cache_len: int) -> Any:
-    """A StaticCache holding `cache`'s keys and values, each row repeated `copies` times, room for `max_cache_len`
-    positions. Filled through the public `Cache.update`, as a forward pass would fill it."""
-    from transformers import StaticCache
-
-    static = StaticCache(config=config, max_cache_len=max_cache_len)
-    for index, layer in enumerate(cache.layers):
-        static.update(layer.keys.repeat_interleave(copies, dim=0), layer.values.repeat_interleave(copies, dim=0), index)
-    return static
+    def _decode(self, ids: list[int]) -> Generation:
+        end = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
+        return Generation(text=self.tokenizer.decode(ids[:end], skip_special_tokens=True).strip(), n_tokens=end)
 
 
 def stop_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -259,37 +113,3 @@ def pin_torch_threads(cpus: float) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # speed only: tokens are the same either way
     torch.set_num_threads(n)
     return n
-
-
-class ForceTokens(LogitsProcessor):
-    """A logits processor that makes the model emit a given continuation (then EOS) after given prompts, through the
-    ordinary `generate` path; rows whose prompt is not listed decode freely.
-
-    Why: to replay known answers through the real decoding, parsing and checking code (tests force a model to say
-    the gold answer and expect pass rate 1), or to score a fixed answer with the same sampling settings.
-    `forced` maps a prompt's token ids (as the Generator encodes it: no added special tokens) to the answer's ids.
-    """
-
-    def __init__(self, forced: dict[tuple[int, ...], list[int]], pad_id: int, eos_id: int):
-        self.forced = {tuple(p): list(a) + [eos_id] for p, a in forced.items()}
-        self.pad_id = pad_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for row, ids in enumerate(input_ids.tolist()):
-            start = next((i for i, t in enumerate(ids) if t != self.pad_id), len(ids))
-            ids = ids[start:]
-            for prompt, answer in self.forced.items():
-                if len(ids) >= len(prompt) and tuple(ids[: len(prompt)]) == prompt:
-                    step = len(ids) - len(prompt)
-                    token = answer[min(step, len(answer) - 1)]
-                    scores[row, :] = float("-inf")
-                    scores[row, token] = 0.0
-                    break
-        return scores
-
-    @classmethod
-    def for_texts(cls, tokenizer: Any, forced_texts: dict[str, str]) -> "ForceTokens":
-        """Prompt text → answer text, encoded exactly as Generator encodes prompts."""
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return cls({tuple(encode(p)): encode(a) for p, a in forced_texts.items()}, tokenizer.pad_token_id,
-                   tokenizer.eos_token_id)

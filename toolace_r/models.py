@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
 from toolace_r.config import TinyModelConfig
+
+if TYPE_CHECKING:
+    from toolace_r.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,28 @@ def write_meta(path: str | Path, **meta: Any) -> None:
     current = json.loads(target.read_text()) if target.is_file() else {}
     current.update(meta)
     target.write_text(json.dumps(current, indent=2))
+
+
+def model_meta(model_path: str) -> dict:
+    """The model's toolace_r.json (how it was trained to be prompted), {} when it has none. A model dir in object
+    storage (a remote run dir's) has its toolace_r.json read from there, not the whole dir downloaded."""
+    from toolace_r import storage
+
+    if storage.scheme(model_path):
+        text = storage.read_text(storage.join(model_path, META_FILE))
+        return json.loads(text) if text else {}
+    return read_meta(model_path) if Path(model_path).is_dir() else {}
+
+
+def prompt_style_for(cfg: Config, model_path: str) -> str:
+    """The style the model was trained with (its toolace_r.json), else the configured one."""
+    return model_meta(model_path).get("prompt_style", cfg.model.prompt_style)
+
+
+def keep_answer_for(cfg: Config, model_path: str) -> str:
+    """How the model was trained to keep a right answer in a refinement round (its toolace_r.json), else the
+    configured `refine.keep_answer`."""
+    return model_meta(model_path).get("keep_answer", cfg.refine.keep_answer)
 
 
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2048):

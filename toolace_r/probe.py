@@ -62,8 +62,8 @@ def verdict_json(verdict: Any) -> str:
 class ProbeActor:
     """One Ray Data actor: loads the model once, then turns batches of sample rows into probe result rows.
 
-    Subclass and override `logits_processor` to constrain decoding (a grammar, or forcing known text in tests);
-    everything else — prompts, generation, parsing, checking — stays the same code path.
+    Subclass and override `guides` to constrain decoding (a grammar, or forcing known text in tests); everything
+    else — prompts, generation, parsing, checking — stays the same code path.
     """
 
     def __init__(
@@ -76,9 +76,11 @@ class ProbeActor:
         dtype: str = "auto",
         trust_remote_code: bool = False,
         torch_threads: float = 0,  # CPUs of this actor → its torch threads (generation.pin_torch_threads); 0: as is
+        kv_cache_gb: float = 0.0,  # the engine's KV-cache budget (engine.kv_cache_gb); 0: its default
     ):
         from toolace_r import storage
         from toolace_r.calls import check
+        from toolace_r.engine import default_kv_cache_tokens
         from toolace_r.generation import Generator, pin_torch_threads
 
         if torch_threads > 0:
@@ -86,11 +88,13 @@ class ProbeActor:
         if storage.is_remote(model_path):
             model_path = storage.localize(model_path)
         self.generator = Generator.from_path(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if kv_cache_gb:
+            self.generator.engine.kv_cache_tokens = default_kv_cache_tokens(self.generator.model, kv_cache_gb)
         self.check = check
         self.prompt_style, self.k, self.generation, self.decoder = prompt_style, k, dict(generation), decoder
 
-    def logits_processor(self, samples: list[Sample], prompts: list[str]) -> Any:
-        """Hook: a transformers LogitsProcessorList for this batch, or None (plain sampling)."""
+    def guides(self, samples: list[Sample], prompts: list[str]) -> list[Any] | None:
+        """Hook: one guide factory per sample (toolace_r.engine's per-request constraint), or None (plain sampling)."""
         return None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -100,8 +104,8 @@ class ProbeActor:
         return pa.concat_tables(results) if results else RESULT_SCHEMA.empty_table()
 
     def probe_batch(self, batch: pa.Table) -> pa.Table:
-        """One fixed batch (toolace_r.raydata) → its result rows. Its sampled answers depend on the batch as a
-        whole (seed, shared RNG stream, padding), which is why the driver fixes the batches."""
+        """One batch of sample rows → its result rows. Sample s draws its k answers from probe.generation.seed +
+        crc32(s.id): its answers do not depend on the batch it came in."""
         from toolace_r.data.prompts import render_prompt
 
         samples = _samples_from_table(batch)
@@ -110,17 +114,14 @@ class ProbeActor:
         tokenizer = self.generator.tokenizer
         prompts = [render_prompt(tokenizer, s.tools, s.messages, self.prompt_style) for s in samples]
         gen = self.generation
-        # A per-batch seed derived from the batch's first id: reproducible, and different batches draw differently.
-        seed = int(gen.get("seed", 0)) + zlib.crc32(samples[0].id.encode("utf-8"))
         answers = self.generator.generate(
             prompts,
             n=self.k,
             temperature=float(gen.get("temperature", 0.7)),
             top_p=float(gen.get("top_p", 1.0)),
             max_new_tokens=int(gen.get("max_new_tokens", 128)),
-            seed=seed,
-            batch_size=int(gen.get("batch_size", 32)),
-            logits_processor=self.logits_processor(samples, prompts),
+            seed=[int(gen.get("seed", 0)) + zlib.crc32(s.id.encode("utf-8")) for s in samples],
+            guides=self.guides(samples, prompts),
         )
         columns: dict[str, list] = {name: [] for name in RESULT_SCHEMA.names}
         for sample, gens in zip(samples, answers):
@@ -150,37 +151,6 @@ def _samples_from_table(batch: pa.Table) -> list[Sample]:
     return samples
 
 
-def model_meta(model_path: str) -> dict:
-    """The model's toolace_r.json (how it was trained to be prompted), {} when it has none. A model dir in object
-    storage (a remote run dir's) has its toolace_r.json read from there, not the whole dir downloaded."""
-    from toolace_r import storage
-    from toolace_r.models import META_FILE, read_meta
-
-    if storage.scheme(model_path):
-        text = storage.read_text(storage.join(model_path, META_FILE))
-        return json.loads(text) if text else {}
-    return read_meta(model_path) if Path(model_path).is_dir() else {}
-
-
-def prompt_style_for(cfg: Config, model_path: str) -> str:
-    """The style the model was trained with (its toolace_r.json), else the configured one."""
-    return model_meta(model_path).get("prompt_style", cfg.model.prompt_style)
-
-
-def keep_answer_for(cfg: Config, model_path: str) -> str:
-    """How the model was trained to keep a right answer in a refinement round (its toolace_r.json), else the
-    configured `refine.keep_answer`."""
-    return model_meta(model_path).get("keep_answer", cfg.refine.keep_answer)
-
-
-def ensure_ray(cfg: Config) -> None:
-    """Connect to `run.ray_address` (a cluster, or the one a `ray job submit` runs in) or start a local Ray, with
-    Ray's console output sent to RUN_DIR/logs (driver.init_ray). Nothing to do when Ray is up already."""
-    from toolace_r.driver import init_ray
-
-    init_ray(cfg)
-
-
 def probe(
     cfg: Config,
     model_path: str,
@@ -194,6 +164,8 @@ def probe(
     import ray
     import ray.data
 
+    from toolace_r import ray_session
+    from toolace_r.models import prompt_style_for
     from toolace_r.raydata import batched_dataset, preserve_order
 
     pc = cfg.probe
@@ -206,7 +178,7 @@ def probe(
     local_model = Path(model_path).expanduser()
     if local_model.exists():
         model_path = str(local_model.resolve())  # workers may run in another directory
-    ensure_ray(cfg)
+    ray_session.start_or_join(cfg)
     style = prompt_style_for(cfg, model_path)
 
     total = None
@@ -252,12 +224,12 @@ def probe(
                 top_p=pc.generation.top_p,
                 max_new_tokens=pc.generation.max_new_tokens,
                 seed=pc.generation.seed,
-                batch_size=pc.generation.batch_size,
             ),
             decoder=pc.decoder,
             dtype=cfg.model.dtype,
             trust_remote_code=cfg.model.trust_remote_code,
             torch_threads=max(1.0, pc.cpus_per_actor) if pc.gpus_per_actor == 0 else 0,
+            kv_cache_gb=cfg.engine.kv_cache_gb,
         ),
         batch_format="pyarrow",
         batch_size=batch_size,  # None: one fixed batch (= one block) per call

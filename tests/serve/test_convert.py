@@ -8,7 +8,7 @@ import pytest
 
 from toolace_r.data.prompts import NO_CALL_ANSWER
 from toolace_r.serve.convert import completion_response, convert_messages, convert_tools, tool_choice_mode
-from toolace_r.serve.engine import Job, Outcome
+from toolace_r.serve.model import Job, Outcome
 from toolace_r.serve.schema import ApiError
 
 from serve_model import OPENAI_TOOLS, WEATHER_TOOL

@@ -10,7 +10,7 @@ from serve_model import OPENAI_TOOLS
 from toolace_r.config import ServeConfig
 from toolace_r.data.prompts import NO_CALL_ANSWER
 from toolace_r.serve.convert import build_job, completion_response
-from toolace_r.serve.engine import Engine
+from toolace_r.serve.model import ServingModel
 from toolace_r.serve.schema import ApiError, ChatCompletionRequest
 
 from .common import JOKE, PARIS
@@ -19,8 +19,8 @@ NAMED = {"type": "function", "function": {"name": "get_time"}}
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir) -> Engine:
-    return Engine.load(str(model_dir), dtype="float32")
+def engine(model_dir) -> ServingModel:
+    return ServingModel.load(str(model_dir), dtype="float32")
 
 
 def _job(engine, **fields):

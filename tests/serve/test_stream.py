@@ -14,15 +14,15 @@ import requests
 
 from serve_model import OPENAI_TOOLS, _project_tools
 from toolace_r.data.prompts import NO_CALL_ANSWER
-from toolace_r.serve.engine import Engine, Job, Outcome
+from toolace_r.serve.model import Job, Outcome, ServingModel
 from toolace_r.serve.stream import ChunkWriter, TextStream, final_chunks
 
 from .common import JOKE, PARIS
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir) -> Engine:
-    return Engine.load(str(model_dir), dtype="float32")
+def engine(model_dir) -> ServingModel:
+    return ServingModel.load(str(model_dir), dtype="float32")
 
 
 def _events(lines: list[str]) -> list:
@@ -172,7 +172,7 @@ def test_the_decoder_hooks_are_output_neutral_on_a_random_model(engine):
                 p.normal_(0, 0.3)
     tools = _project_tools(OPENAI_TOOLS)
     items = [RefineItem(tools, [{"role": "user", "content": "x " * i + "weather?"}]) for i in range(5)]
-    kw = dict(max_rounds=3, max_new_tokens=12, style=engine.style, adaptive=False, batch_size=3)
+    kw = dict(max_rounds=3, max_new_tokens=12, style=engine.style, adaptive=False, max_rows=3)
     plain = adaptive_refine(model, engine.tokenizer, items, **kw)
     seen: dict[tuple[int, int], list[int]] = {}
     finals: dict[int, object] = {}

@@ -13,6 +13,7 @@ import pytest
 
 from toolace_r.data.prompts import prompt_text
 from toolace_r.models import META_FILE
+from toolace_r.testing import FAIL_MARKER, fail_training_once
 from toolace_r.train import train
 
 from .common import fixed_rows, ray_cfg
@@ -72,8 +73,9 @@ def test_zero3_survives_a_worker_failure_and_learns(ray_local, tiny_model_dir, u
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "z3"
-    result = train(ray_cfg(3), str(tiny_model_dir), str(data), str(out), fail_once_at_step=25)
-    assert (out / ".injected_failure").exists() and result["restarts"] == 1
+    with fail_training_once(at_step=25):
+        result = train(ray_cfg(3), str(tiny_model_dir), str(data), str(out))
+    assert (out / FAIL_MARKER).exists() and result["restarts"] == 1
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     resumed = [r["step"] for r in records if r["attempt"] == 1]
     assert resumed[0] == 21 and resumed[-1] == 80  # redone from the last checkpoint (step 20), not from 0

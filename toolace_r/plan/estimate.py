@@ -18,9 +18,16 @@ start of the backward: the fp32 log-probabilities cross-entropy keeps, their gra
 peak is everything kept + the logits' 12 bytes, or, with checkpointing, + the larger of the logits and one recomputed
 layer: measured on the demo model (tests/test_plan.py), the layer is rebuilt only after the logits' buffers are freed.
 
-Inference (probe, eval, serve; one actor or replica): weights + KV cache for the batches the config sets (there is no
-engine admission yet: the batch is whatever `batch_size` says) + the prefill's working memory. Prompt length is not
-in the config; the plan assumes `prompt_tokens` (default train.max_length, the longest row training keeps).
+Inference (probe, eval, serve; one actor or replica) runs toolace_r.engine, which admits a request while (rows after
+admission) × (longest reserved length: prompt + max_new_tokens) ≤ its KV budget in tokens, the budget being
+`engine.kv_cache_gb` GiB / (2 × layers × kv_heads × head_dim × dtype bytes); 0 = KV_FREE_SHARE (40 %) of what is free on the GPU
+after loading the model (here: the GPU's size − weights − RUNTIME_GPU), 2 GiB on CPU. So a stage needs weights + the
+KV cache of the rows the budget admits (no more than the stage submits at once: its Ray Data batch, or
+serve.max_batch_size; refinement rounds grow an admitted row past its reservation, and that is counted) + the larger
+of one prefill pass (at most `PREFILL_TOKENS` padded prompt tokens, whatever the batch) and one decode pass (one token
+per running row, plus a draft on greedy refinement rounds), each with its logits. With kv_cache_gb=0 on a GPU the
+stage fits by construction when a pass (and any refinement growth) fits in the 10 % the engine leaves. Prompt length is not in the config; the
+plan assumes `prompt_tokens` (default train.max_length, the longest row training keeps).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from toolace_r.config import Config, TrainConfig
+from toolace_r.engine.core import DEFAULT_KV_CACHE_GB, DRAFT_LOOKAHEAD, KV_FREE_SHARE, PREFILL_TOKENS
 from toolace_r.plan.shapes import ModelShape
 
 GIB = 1024 ** 3
@@ -36,6 +44,8 @@ REDUCE_BUCKET = 500_000_000
 PREFETCH_BUCKET = 50_000_000
 REFINE_TURN_TOKENS = 64  # the refinement instruction turn and chat-template tokens added per round (prompts.py)
 LOGIT_BYTES = 12  # per token and vocab entry: fp32 log-probs + their gradient + the logits' gradient
+LOGIT_BYTES_INFER = 8  # per kept position and vocab entry at inference: the logits and their fp32 softmax
+RUNTIME_GPU = 2.0 * GIB  # per GPU process: CUDA context, NCCL and cuBLAS workspaces, the caching allocator's slack
 
 
 def count(n: float) -> str:
@@ -68,6 +78,7 @@ class Stage:
     host: float = 0.0  # host RAM per process for what is offloaded
     notes: list[str] = field(default_factory=list)
     setting: str = ""  # one line of the settings it was computed for
+    engine: "EngineFigures | None" = None  # inference stages: how the engine's KV budget sizes the batch
 
 
 def precision(tcfg: TrainConfig, on_gpu: bool) -> str:
@@ -189,67 +200,132 @@ def weight_bytes(dtype: str, on_gpu: bool) -> int:
 
 
 def kv_bytes_per_token(shape: ModelShape, a: int) -> int:
+    """Keys and values of one token in every layer: what the engine divides its budget by."""
     return 2 * shape.layers * shape.kv_width * a
 
 
-def prefill_bytes(shape: ModelShape, rows: int, prompt: int, a: int) -> float:
-    """Working memory of a batched prompt forward without autograd: one layer's MLP (gate, up, act), hidden and
-    residual, q and attention output per token, and the bool [rows, 1, s, s] mask."""
-    q = shape.heads * shape.head_dim
-    return rows * prompt * (3 * shape.intermediate + 2 * shape.hidden + 2 * q) * a + rows * prompt * prompt
+def pass_token_bytes(shape: ModelShape, a: int) -> int:
+    """Working memory per token of a forward pass without autograd, one layer at a time: the MLP's gate, up and
+    act, hidden and residual, q and the attention output."""
+    return (3 * shape.intermediate + 2 * shape.hidden + 2 * shape.heads * shape.head_dim) * a
+
+
+@dataclass
+class EngineFigures:
+    """How an inference stage's engine sizes its batch (toolace_r.engine.core: `_fits`, `default_kv_cache_tokens`)."""
+    budget: float | None  # KV-cache budget in bytes; None: KV_FREE_SHARE of a GPU whose size is not known
+    budget_tokens: int | None  # budget / KV bytes per token, as the engine counts it
+    reserve: int  # tokens admission reserves per row: prompt + max_new_tokens
+    grown: int  # tokens a row holds after its last refinement round (= reserve without refinement)
+    copies: int  # rows per request (probing's k samples share one prefill)
+    memory_rows: int | None  # rows of `reserve` tokens the budget admits, whole requests (None: budget unknown)
+    submitted: int  # rows the stage hands its engine at once (its Ray Data batch, or serve.max_batch_size)
+    rows: int  # rows decoding at once: min(memory_rows, submitted), at least one request
+    one_request: float  # KV bytes of one request at admission: the least budget that admits anything
+
+
+def kv_budget(cfg: Config, on_gpu: bool, weights: float, gpu_bytes: float | None) -> tuple[float | None, str]:
+    """(budget bytes, how it was set): engine.kv_cache_gb, or when 0 its default (module docstring)."""
+    gb = cfg.engine.kv_cache_gb
+    if gb > 0:
+        return gb * GIB, f"engine.kv_cache_gb={gb:g}"
+    if not on_gpu:
+        return DEFAULT_KV_CACHE_GB * GIB, f"engine.kv_cache_gb=0: {DEFAULT_KV_CACHE_GB:g} GiB on CPU"
+    if not gpu_bytes:
+        return None, "engine.kv_cache_gb=0: 40 % of free GPU memory (GPU size unknown: give --gpu-memory)"
+    free = max(0.0, gpu_bytes - weights - RUNTIME_GPU)
+    return KV_FREE_SHARE * free, f"engine.kv_cache_gb=0: {KV_FREE_SHARE:.0%} of the {fmt(free)} free after the weights"
 
 
 def inference_stage(name: str, shape: ModelShape, cfg: Config, prompt: int, on_gpu: bool, processes: int,
-                    rows: int, copies: int, new_tokens: int, rounds: int) -> Stage:
-    """`rows` prompts per batch, each decoded `copies` times (probing's k samples share the prompt's cache),
-    `rounds` of adaptive refinement (each round adds the previous answer and the instruction to the cache)."""
+                    copies: int, new_tokens: int, rounds: int, submitted: int, drafts: bool,
+                    gpu_bytes: float | None = None, submitted_key: str = "") -> Stage:
+    """One engine: `copies` rows per request (probing's k samples), `rounds` of adaptive refinement (each round adds
+    the previous answer and the instruction to the row), `submitted` rows handed to the engine at once, `drafts`:
+    greedy refinement rounds verify the previous answer as a draft (a decode pass feeds up to DRAFT_LOOKAHEAD
+    extra tokens per row)."""
     a = weight_bytes(cfg.model.dtype, on_gpu)
     kv = kv_bytes_per_token(shape, a)
     weights = shape.n_params * a
-    prompt_kv = rows * prompt * kv
-    if copies > 1:  # generation.prefix_cache: the prompt's cache + a static cache of k copies, both alive at once
-        cache = rows * copies * (prompt + new_tokens) * kv + prompt_kv
-        note = f"{rows} prompts × k={copies} × ({prompt:,} + {new_tokens}) tokens, + the prompts' own cache"
-    else:
-        length = prompt + new_tokens if rounds <= 1 else prompt + rounds * (new_tokens + REFINE_TURN_TOKENS)
-        cache = rows * length * kv
-        note = f"{rows} rows × {length:,} tokens" + (f" ({rounds} refinement rounds)" if rounds > 1 else "")
-    work = prefill_bytes(shape, rows, prompt, a)
-    logits = rows * copies * shape.vocab * 4 * 2  # one step's logits and their fp32 softmax
+    budget, how = kv_budget(cfg, on_gpu, weights, gpu_bytes)
+    budget_tokens = None if budget is None else int(budget // kv)
+    reserve = prompt + new_tokens
+    grown = reserve if rounds <= 1 else prompt + rounds * (new_tokens + REFINE_TURN_TOKENS)
+    memory_rows = None if budget_tokens is None else budget_tokens // (copies * reserve) * copies
+    # the engine admits a request into an empty batch whatever its size: at least one request decodes
+    rows = max(copies, min(submitted, memory_rows if memory_rows is not None else submitted))
+    eng = EngineFigures(budget, budget_tokens, reserve, grown, copies, memory_rows, submitted, rows,
+                        copies * reserve * kv)
+    cache = rows * grown * kv
+    per_token = pass_token_bytes(shape, a)
+    # prefill: at most PREFILL_TOKENS padded tokens (a longer prompt is a pass of its own), no more than the prompts
+    # in flight; a greedy follow-up round's draft is fed with its segment and scored (its logits kept)
+    prompts = max(1, rows // copies)
+    pre_tokens = min(max(PREFILL_TOKENS, prompt), prompts * prompt)
+    pre_rows = max(1, pre_tokens // prompt)
+    pre_logits = pre_rows * (1 + (new_tokens if drafts else 0)) * shape.vocab * LOGIT_BYTES_INFER
+    pre = pre_tokens * per_token + pre_tokens * grown + pre_logits  # + the bool [tokens, cache columns] mask
+    # decode: one token per running row, + a draft proposal on greedy refinement rounds
+    dec_tokens = rows * (1 + (DRAFT_LOOKAHEAD if drafts else 0))
+    dec_logits = dec_tokens * shape.vocab * LOGIT_BYTES_INFER
+    dec = dec_tokens * per_token + dec_tokens * grown + dec_logits
+    note = f"{rows} rows × {grown:,} tokens" + (f" ({prompt:,} prompt + {rounds} refinement rounds)" if rounds > 1
+                                                  else f" ({prompt:,} prompt + {new_tokens} new)")
     parts = [Part("weights", weights, f"{count(shape.n_params)} params × {a} B"),
              Part("KV cache", cache, note),
-             Part("prefill working memory", work, f"{rows} × {prompt:,} prompt tokens, one layer at a time"),
-             Part("decode logits", logits, "")]
-    peak = weights + max(cache + logits, prompt_kv + work)
+             Part("prefill pass", pre, f"{pre_tokens:,} padded prompt tokens (PREFILL_TOKENS={PREFILL_TOKENS:,}), "
+                                       f"one layer at a time, + logits"),
+             Part("decode pass", dec, f"{rows} rows × {dec_tokens // rows} token{'s' if dec_tokens > rows else ''}"
+                                      f"{' (draft verification)' if drafts else ''}, + logits")]
+    peak = weights + cache + max(pre, dec)
     setting = f"{processes} {'GPU' if on_gpu else 'CPU'} process{'es' if processes > 1 else ''}, " \
-              f"{'bf16' if a == 2 else 'fp32'}, {prompt:,}-token prompts assumed"
-    notes = ["no engine admission yet: the batch is the configured batch_size, whatever the prompts' length"]
-    return Stage(name, on_gpu, processes, parts, peak, notes=notes, setting=setting)
+              f"{'bf16' if a == 2 else 'fp32'}, {prompt:,}-token prompts assumed, {how}"
+    notes = []
+    if budget is None:
+        notes.append(f"KV budget: {how.split(': ', 1)[1]}; figured here with the {submitted} rows submitted at once")
+    else:
+        held = f"the {fmt(budget)} KV budget ({budget_tokens:,} tokens) admits {memory_rows} rows of {reserve:,} " \
+               f"tokens (prompt + max_new_tokens){' in requests of ' + str(copies) if copies > 1 else ''}"
+        if memory_rows < copies:
+            held += f": not one request of {copies} × {reserve:,} tokens, so the engine runs one at a time, " \
+                    f"over the budget"
+        elif submitted < memory_rows:
+            held += f"; {submitted} are submitted at once ({submitted_key})" if submitted_key else ""
+        notes.append(held)
+        if cache > budget and memory_rows >= copies:
+            notes.append(f"refinement rounds grow each admitted row from the {reserve:,} tokens admission reserves to "
+                         f"{grown:,}: the cache can pass the budget by {fmt(cache - budget)}")
+    return Stage(name, on_gpu, processes, parts, peak, notes=notes, setting=setting, engine=eng)
 
 
-def probe_stage(shape: ModelShape, cfg: Config, prompt: int) -> Stage:
+def probe_stage(shape: ModelShape, cfg: Config, prompt: int, gpu_bytes: float | None = None) -> Stage:
     g, p = cfg.probe.generation, cfg.probe
     copies = 1 if g.temperature <= 0 else p.k
-    return inference_stage("probe", shape, cfg, prompt, p.gpus_per_actor > 0, p.num_actors, g.batch_size, copies,
-                           g.max_new_tokens, 1)
+    return inference_stage("probe", shape, cfg, prompt, p.gpus_per_actor > 0, p.num_actors, copies,
+                           g.max_new_tokens, 1, p.batch_size * copies, False, gpu_bytes,
+                           f"probe.batch_size={p.batch_size} samples × {copies}")
 
 
-def eval_stage(shape: ModelShape, cfg: Config, prompt: int) -> Stage:
+def _drafts(cfg: Config, rounds: int, temperature: float) -> bool:
+    r = cfg.refine
+    return rounds > 1 and temperature <= 0 and r.draft_verify and r.keep_answer == "repeat"
+
+
+def eval_stage(shape: ModelShape, cfg: Config, prompt: int, gpu_bytes: float | None = None) -> Stage:
     e = cfg.eval
-    return inference_stage("eval", shape, cfg, prompt, e.gpus_per_actor > 0, max(1, e.num_actors),
-                           e.generation.batch_size, 1, e.generation.max_new_tokens, e.max_rounds)
+    return inference_stage("eval", shape, cfg, prompt, e.gpus_per_actor > 0, max(1, e.num_actors), 1,
+                           e.generation.max_new_tokens, e.max_rounds, e.batch_size,
+                           _drafts(cfg, e.max_rounds, e.generation.temperature), gpu_bytes,
+                           f"eval.batch_size={e.batch_size}")
 
 
-def serve_stage(shape: ModelShape, cfg: Config, prompt: int) -> Stage:
+def serve_stage(shape: ModelShape, cfg: Config, prompt: int, gpu_bytes: float | None = None) -> Stage:
     s = cfg.serve
-    return inference_stage("serve", shape, cfg, prompt, s.num_gpus > 0, s.max_replicas, s.max_batch_size, 1,
-                           s.max_new_tokens, s.max_rounds)
+    return inference_stage("serve", shape, cfg, prompt, s.num_gpus > 0, s.max_replicas, 1, s.max_new_tokens,
+                           s.max_rounds, s.max_batch_size, _drafts(cfg, s.max_rounds, 0.0), gpu_bytes,
+                           f"serve.max_batch_size={s.max_batch_size}")
 
 
-def with_batch(cfg: Config, stage: str, batch: int) -> Config:
-    """A copy of cfg with the stage's batch size set to `batch`."""
-    if stage == "serve":
-        return dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, max_batch_size=batch))
-    section = getattr(cfg, stage)
-    gen = dataclasses.replace(section.generation, batch_size=batch)
-    return dataclasses.replace(cfg, **{stage: dataclasses.replace(section, generation=gen)})
+def with_kv(cfg: Config, gb: float) -> Config:
+    """A copy of cfg with engine.kv_cache_gb = gb."""
+    return dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, kv_cache_gb=gb))

@@ -5,7 +5,9 @@ RAM, all its processes together (a CPU job runs on one machine). On top of the t
 runtime cost: `RUNTIME_GPU` for the CUDA context, NCCL and cuBLAS workspaces and the caching allocator's slack,
 `RUNTIME_CPU` for Python, torch and the Ray worker. A stage that does not fit lists the changes that would make it
 fit, each re-estimated with the same formulas (checkpointing, ZeRO-3, optimizer offload, a smaller micro-batch,
-LoRA; for inference a smaller batch), and a combination when no single change is enough.
+LoRA; for inference the engine's KV budget `engine.kv_cache_gb`, bf16 weights, fewer CPU processes), and a combination
+when no single change is enough. An inference stage has no batch size to set: its engine admits what its KV budget
+holds (toolace_r.plan.estimate).
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ from toolace_r.plan.shapes import ModelShape, model_shape
 log = logging.getLogger(__name__)
 
 GIB = est.GIB
-RUNTIME_GPU = 2.0 * GIB
+RUNTIME_GPU = est.RUNTIME_GPU
 RUNTIME_CPU = 0.5 * GIB
-BATCH_KEYS = {"probe": "probe.generation.batch_size", "eval": "eval.generation.batch_size",
-              "serve": "serve.max_batch_size"}
+KV_KEY = "engine.kv_cache_gb"  # one budget for every engine: probe and eval actors, serve replicas
+KV_STEP = 0.1  # GiB: the granularity of a suggested engine.kv_cache_gb
 PROCESS_KEYS = {"train": "train.num_workers", "probe": "probe.num_actors", "eval": "eval.num_actors",
                 "serve": "serve.max_replicas"}
 
@@ -63,17 +65,19 @@ def local_gpu_bytes() -> float | None:
         return None
 
 
-def stages(cfg: Config, shape: ModelShape, prompt_tokens: int | None = None, serve: bool = True) -> list[est.Stage]:
-    """Every stage `toolace-r run` runs (probe only when it probes), and serving."""
+def stages(cfg: Config, shape: ModelShape, prompt_tokens: int | None = None, serve: bool = True,
+           gpu_bytes: float | None = None) -> list[est.Stage]:
+    """Every stage `toolace-r run` runs (probe only when it probes), and serving; `gpu_bytes` sizes the engines'
+    default KV budget on a GPU (engine.kv_cache_gb=0)."""
     prompt = prompt_tokens or cfg.train.max_length
     if shape.max_positions:
         prompt = min(prompt, shape.max_positions)
     out = [est.train_stage(shape, cfg.train)]
     if cfg.run.max_iterations > 1 or cfg.run.probe_first_iteration:
-        out.append(est.probe_stage(shape, cfg, prompt))
-    out.append(est.eval_stage(shape, cfg, prompt))
+        out.append(est.probe_stage(shape, cfg, prompt, gpu_bytes))
+    out.append(est.eval_stage(shape, cfg, prompt, gpu_bytes))
     if serve:
-        out.append(est.serve_stage(shape, cfg, prompt))
+        out.append(est.serve_stage(shape, cfg, prompt, gpu_bytes))
     return out
 
 
@@ -134,20 +138,40 @@ def _micro_batch_fix(shape: ModelShape, tcfg, fits) -> str | None:
     return f"train.tokens_per_micro_batch={t} train.grad_accum={ga}{cut}: fits"
 
 
-def _inference_fixes(shape: ModelShape, cfg: Config, stage: est.Stage, capacity: float, prompt: int) -> list[str]:
-    build = {"probe": est.probe_stage, "eval": est.eval_stage, "serve": est.serve_stage}[stage.name]
-    current = {"probe": cfg.probe.generation.batch_size, "eval": cfg.eval.generation.batch_size,
-               "serve": cfg.serve.max_batch_size}[stage.name]
-    lo, hi = 0, current
+BUILD = {"probe": est.probe_stage, "eval": est.eval_stage, "serve": est.serve_stage}
+
+
+def _kv_fix(shape: ModelShape, cfg: Config, stage: est.Stage, capacity: float, prompt: int,
+            gpu_bytes: float | None) -> str | None:
+    """The largest engine.kv_cache_gb (a multiple of KV_STEP) with which the stage fits and its engine still admits
+    one whole request; None when there is none."""
+    build = BUILD[stage.name]
+    eng = stage.engine
+    after = lambda gb: need(build(shape, est.with_kv(cfg, gb), prompt, gpu_bytes))  # noqa: E731
+    least = math.ceil(eng.one_request / GIB / KV_STEP - 1e-9)
+    top = math.floor((eng.budget if eng.budget is not None else capacity) / GIB / KV_STEP)
+    if top < least or after(least * KV_STEP) > capacity:
+        return None
+    lo, hi = least, top
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if need(build(shape, est.with_batch(cfg, stage.name, mid), prompt)) <= capacity else (lo, mid - 1)
+        lo, hi = (mid, hi) if after(mid * KV_STEP) <= capacity else (lo, mid - 1)
+    gb = round(lo * KV_STEP, 1)
+    fixed = build(shape, est.with_kv(cfg, gb), prompt, gpu_bytes)
+    return (f"{KV_KEY}={gb:g}: {_fmt(need(fixed))}, {fixed.engine.rows} rows of {fixed.engine.reserve:,} tokens "
+            f"decoding at once (the budget of every engine of the job)  fits")
+
+
+def _inference_fixes(shape: ModelShape, cfg: Config, stage: est.Stage, capacity: float, prompt: int,
+                     gpu_bytes: float | None = None) -> list[str]:
+    build = BUILD[stage.name]
     lines = []
-    if lo:
-        lines.append(f"{BATCH_KEYS[stage.name]}={lo}: fits")
+    kv = _kv_fix(shape, cfg, stage, capacity, prompt, gpu_bytes)
+    if kv:
+        lines.append(kv)
     if stage.on_gpu and est.weight_bytes(cfg.model.dtype, True) == 4:
         half = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"))
-        after = need(build(shape, half, prompt))
+        after = need(build(shape, half, prompt, gpu_bytes))
         lines.append(f"model.dtype=bfloat16: {_fmt(after)}{'  fits' if after <= capacity else ''}")
     if not stage.on_gpu and stage.processes > 1:
         per = need(stage) / stage.processes
@@ -164,12 +188,12 @@ def judge(cfg: Config, shape: ModelShape, gpu_bytes: float | None, prompt_tokens
     prompt = min(prompt_tokens or cfg.train.max_length, shape.max_positions or 10**9)
     ram = ram_bytes()
     verdicts = []
-    for stage in stages(cfg, shape, prompt_tokens, serve):
+    for stage in stages(cfg, shape, prompt_tokens, serve, gpu_bytes):
         capacity = gpu_bytes if stage.on_gpu else ram
         v = Verdict(stage, need(stage), capacity, [])
         if v.fits is False:
             v.fixes = (_train_fixes(shape, cfg, capacity) if stage.name == "train"
-                       else _inference_fixes(shape, cfg, stage, capacity, prompt))
+                       else _inference_fixes(shape, cfg, stage, capacity, prompt, gpu_bytes))
         verdicts.append(v)
     return verdicts
 

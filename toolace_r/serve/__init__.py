@@ -9,12 +9,14 @@ Layout of a replica (one Ray Serve deployment, FastAPI ingress, autoscaled), and
     HTTP → auth → body size → JSON (body.py) → pydantic, OpenAI schema (schema.py) → convert to the project's
     tools/messages, render the prompt and check its length (convert.py)
       ──(everything above is per request and can only fail with a 4xx: the error contract in schema.py)──
-    → BatchQueue (batching.py) → one worker thread runs adaptive_refine on the whole batch (engine.py)
+    → the replica's decoding engine (model.py: toolace_r.engine, continuous batching, stepped by one model thread;
+      each request is an adaptive-refinement item, toolace_r.refine)
     → parse calls → OpenAI response (convert.py), or with `stream: true` server-sent chunks (stream.py)
 
 The routes, the deployment and the application builders live in app.py; the `toolace-r serve` command in cli.py.
-The model is loaded once per replica; requests that arrive together share forward passes (`serve.batching`); the
-model runs in one worker thread so the event loop keeps answering health checks and validating requests meanwhile.
+The model is loaded once per replica; every request in flight shares its forward passes (`serve.batching`): a request
+joins the running batch at the next decoding step and leaves it when its answer is decided. The model runs in one
+thread so the event loop keeps answering health checks and validating requests meanwhile.
 
 Two ways to start it, one source of defaults (`ServeConfig` in toolace_r/config.py):
   - `toolace-r serve --model DIR [--config JOB.yaml] [--port N] [serve.key=value ...]`

@@ -8,7 +8,6 @@ import hmac
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from toolace_r.config import Config, ServeConfig, load_config
 from toolace_r.errors import ConfigError
-from toolace_r.serve.batching import BatchQueue
 from toolace_r.serve.body import read_json_body
 from toolace_r.serve.convert import build_job, completion_response
-from toolace_r.serve.engine import Engine, Job, Outcome
+from toolace_r.serve.model import Job, Outcome, ServingModel
 from toolace_r.serve.stream import SSE_HEADERS, ChunkWriter, StreamSession
 from toolace_r.serve.schema import (
     ApiError,
@@ -116,36 +114,36 @@ async def _server_error(_request: Request, err: Exception) -> JSONResponse:
 @serve.deployment
 @serve.ingress(api)
 class ToolaceServer:
-    """One replica: the model, a batch queue in front of it, and the OpenAI routes."""
+    """One replica: the model and its engine (continuous batching, toolace_r.serve.model), and the OpenAI routes."""
 
     def __init__(self, settings: dict[str, Any], api_key_sha256: str | None = None):
         self.cfg = ServeConfig(**settings["serve"])
         self.key_sha256 = api_key_sha256
-        self.engine = Engine.load(self.cfg.model, dtype=settings.get("dtype", "auto"),
-                                  style=settings.get("prompt_style", ""),
-                                  trust_remote_code=settings.get("trust_remote_code", False),
-                                  draft_verify=settings.get("draft_verify", True),
-                                  reuse_prefix=settings.get("reuse_prefix", True),
-                                  keep_answer=settings.get("keep_answer", "repeat"))
-        # One thread owns the model: batches run one after another, the event loop stays free for validation.
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="toolace-model")
-        self.queue = BatchQueue(self._run, self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
+        # serve.batching=false: one request decodes at a time (the unbatched baseline of benchmarks/serve_load.py)
+        self.model = ServingModel.load(self.cfg.model, dtype=settings.get("dtype", "auto"),
+                                        style=settings.get("prompt_style", ""),
+                                        trust_remote_code=settings.get("trust_remote_code", False),
+                                        draft_verify=settings.get("draft_verify", True),
+                                        reuse_prefix=settings.get("reuse_prefix", True),
+                                        keep_answer=settings.get("keep_answer", "repeat"),
+                                        max_rows=self.cfg.max_batch_size if self.cfg.batching else 1,
+                                        kv_cache_gb=settings.get("kv_cache_gb", 0.0))
         log.info("replica ready: model %s (style %s), batching=%s max_batch_size=%d", self.cfg.model,
-                 self.engine.style, self.cfg.batching, self.cfg.max_batch_size)
-
-    async def _run(self, jobs: list[Job]) -> list[Outcome | BaseException]:
-        return await asyncio.get_running_loop().run_in_executor(self.worker, self.engine.run, jobs)
+                 self.model.style, self.cfg.batching, self.cfg.max_batch_size)
 
     async def generate(self, job: Job) -> Outcome:
-        out = await self.queue.submit(job) if self.cfg.batching else (await self._run([job]))[0]
-        if isinstance(out, BaseException):
-            raise ApiError(500, f"the model failed on this request: {type(out).__name__}: {out}", "server_error")
-        return out
+        try:
+            return await asyncio.wrap_future(self.model.submit(job))
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - this request's failure inside the model: its own 500
+            raise ApiError(500, f"the model failed on this request: {type(err).__name__}: {err}",
+                           "server_error") from None
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.cfg.model_name, "batches": self.engine.batches,
-                "queued": self.queue.queued, "mean_batch": self.queue.jobs / max(1, self.queue.batches)}
+        return {"status": "ok", "model": self.cfg.model_name, "jobs": self.model.jobs, "steps": self.model.steps,
+                "running": self.model.engine.running, "waiting": self.model.engine.waiting}
 
     @api.get("/v1/models", responses={401: {"model": ErrorResponse, "description": _ERROR_STATUSES[401]}})
     async def models(self, request: Request) -> dict[str, Any]:
@@ -163,7 +161,7 @@ class ToolaceServer:
             req = ChatCompletionRequest.model_validate(body, strict=True)
         except ValidationError as err:
             raise validation_error(err) from None
-        job, mode, name = build_job(req, self.cfg, self.engine)
+        job, mode, name = build_job(req, self.cfg, self.model)
         if req.stream:
             return await self.stream(req, job, mode, name)
         out = await self.generate(job)
@@ -173,9 +171,7 @@ class ToolaceServer:
         """`stream: true` (toolace_r.serve.stream). The HTTP stream starts with the first live token or, when none
         are streamed, with the final answer; everything that fails before that is an ordinary JSON error (a 422 for
         an unsatisfied tool_choice included). A client that disconnects stops its decoding and leaves the queue."""
-        from toolace_r.refine import stop_ids
-
-        session = StreamSession(job, mode, self.engine.tokenizer, stop_ids(self.engine.model, self.engine.tokenizer))
+        session = StreamSession(job, mode, self.model.tokenizer, self.model.engine.eos)
 
         def respond(out: Outcome) -> dict[str, Any]:
             return completion_response(out, job, mode, name, self.cfg.model_name, req.parallel_tool_calls)
@@ -194,8 +190,8 @@ class ToolaceServer:
 
     def check_health(self) -> None:
         """Serve's replica health check: a dead model thread makes the replica unhealthy (Serve replaces it)."""
-        if self.worker._shutdown:  # noqa: SLF001 - ThreadPoolExecutor exposes no public flag
-            raise RuntimeError("model worker thread is shut down")
+        if not self.model.alive:
+            raise RuntimeError("the model thread is not running")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -218,8 +214,8 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
         raise ConfigError(f"serve.min_replicas={cfg.min_replicas} / serve.max_replicas={cfg.max_replicas}: need "
                           "0 <= min_replicas <= max_replicas and max_replicas >= 1")
     if cfg.batching and cfg.max_ongoing_requests < cfg.max_batch_size:
-        log.warning("serve.max_ongoing_requests=%d < serve.max_batch_size=%d: batches can never fill",
-                    cfg.max_ongoing_requests, cfg.max_batch_size)
+        log.warning("serve.max_ongoing_requests=%d < serve.max_batch_size=%d: a replica never decodes more than %d "
+                    "requests at once", cfg.max_ongoing_requests, cfg.max_batch_size, cfg.max_ongoing_requests)
     return {
         "autoscaling_config": {
             "min_replicas": cfg.min_replicas,
@@ -252,6 +248,7 @@ def build_application(cfg: Config):
         "draft_verify": cfg.refine.draft_verify,
         "reuse_prefix": cfg.refine.reuse_prefix,
         "keep_answer": cfg.refine.keep_answer,
+        "kv_cache_gb": cfg.engine.kv_cache_gb,
     }
     digest = api_key_digest(scfg.api_key_env)
     log.info("serving %s as %r; auth %s", scfg.model, scfg.model_name,

@@ -18,6 +18,7 @@ import time
 
 from ray import serve
 
+from toolace_r import ray_session
 from toolace_r.config import Config
 from toolace_r.serve.app import build_application
 
@@ -33,8 +34,6 @@ SERVE_STOP_WAIT_S = 1.0
 
 def serve_command(args, cfg: Config) -> int:
     """`toolace-r serve --model DIR [--config JOB.yaml] [--host H] [--port N] [serve.key=value ...]`: blocks."""
-    import ray
-
     if getattr(args, "model", None):
         cfg.serve.model = args.model
     if getattr(args, "host", None):
@@ -42,11 +41,9 @@ def serve_command(args, cfg: Config) -> int:
     if getattr(args, "port", None):
         cfg.serve.port = args.port
     app = build_application(cfg)
-    # ray.init here → ray.shutdown() when done: it stops the local Ray that init started, or only disconnects from a
-    # cluster it joined (RAY_ADDRESS, run.ray_address, a `ray start` node). A caller that initialised Ray stops it.
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        ray.init(address=cfg.run.ray_address or None, include_dashboard=False)
+    # Ray started or joined here → ray.shutdown() when done: it stops the local Ray this started, or only disconnects
+    # from a cluster it joined (RAY_ADDRESS, run.ray_address, a `ray start` node). A caller that had Ray up stops it.
+    owns_ray = ray_session.start_or_join(cfg, service=True)
 
     def stop(_signum, _frame):
         raise KeyboardInterrupt

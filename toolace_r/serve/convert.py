@@ -11,7 +11,7 @@ from typing import Any
 
 from toolace_r.config import ServeConfig
 from toolace_r.serve.body import parse_json
-from toolace_r.serve.engine import Engine, Job, Outcome
+from toolace_r.serve.model import Job, Outcome, ServingModel
 from toolace_r.serve.schema import (
     AssistantMessage,
     ApiError,
@@ -103,7 +103,7 @@ def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 
-def build_job(req: ChatCompletionRequest, cfg: ServeConfig, engine: Engine) -> tuple[Job, str, str | None]:
+def build_job(req: ChatCompletionRequest, cfg: ServeConfig, engine: ServingModel) -> tuple[Job, str, str | None]:
     """Validate everything that can be validated before the model runs. Returns (job, tool_choice mode, name)."""
     if req.model != cfg.model_name:
         raise ApiError(404, f"model {req.model!r} does not exist; this server serves {cfg.model_name!r}",
@@ -136,12 +136,13 @@ def build_job(req: ChatCompletionRequest, cfg: ServeConfig, engine: Engine) -> t
     rounds = req.max_refine_rounds or cfg.max_rounds
     temperature = float(req.temperature or 0.0)
     job = Job(tools, messages, rounds, max_new, temperature if temperature >= MIN_SAMPLING_TEMPERATURE else 0.0,
-              prompt_tokens, prompt_ids, constraint=call_constraint(req, mode, tools, max_new, engine))
+              prompt_tokens, prompt_ids, constraint=call_constraint(req, mode, tools, max_new, engine),
+              seed=req.seed or 0, top_p=req.top_p or 1.0)
     return job, mode, name
 
 
 def call_constraint(req: ChatCompletionRequest, mode: str, tools: list[dict[str, Any]], max_new: int,
-                    engine: Engine) -> Any:
+                    engine: ServingModel) -> Any:
     """The decoding constraint a request asks for (toolace_r.constrain), checked before the model runs: tool_choice
     "required" / a named function (`tools` already holds only that one) demand a call; `guided` with "auto" keeps a
     started call valid. `parallel_tool_calls: false` allows one call. None: plain decoding."""

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from toolace_r.serve.engine import Job, Outcome
+from toolace_r.serve.model import Job, Outcome
 from toolace_r.serve.schema import ApiError
 
 log = logging.getLogger(__name__)

@@ -72,7 +72,7 @@ def run_name_for(resume_key: str, cfg: Config, model_ref: str, rows: list[dict],
 
 
 def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *, resume_key: str = "",
-          shared_out: str = "", fail_once_at_step: int = 0) -> dict:
+          shared_out: str = "") -> dict:
     """Fine-tune `model_path` on training rows with Ray Train + DeepSpeed; the model lands in OUT/model.
 
     Returns model_dir, steps, loss_first, loss_last (means of the first/last few steps), tokens_per_s (real tokens
@@ -82,8 +82,6 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     derived from it, OUT and the inputs (run_name_for), so calling train() again after the driver was killed
     continues from the last checkpoint, and after a finished run returns its model without training. Without it
     every call is a fresh run.
-    `fail_once_at_step` makes the last worker raise once after that step (fault-tolerance tests): a marker file in
-    OUT records that it happened, so the restarted attempt trains through.
 
     On a multi-node cluster, `model_path` must be readable on every node (a shared path, a hub name or a URI that
     the workers `storage.localize`) and train.storage_path must be shared storage (NFS, s3://...): checkpoints and
@@ -114,7 +112,7 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
         raise ConfigError("train.tokens_per_micro_batch and train.max_length must be positive")
     # samples given as a pool are rendered in the model's own style (its toolace_r.json, as probe and eval render
     # them, and as the exported tool chat template assumes), else the configured one
-    from toolace_r.probe import prompt_style_for
+    from toolace_r.models import prompt_style_for
 
     rows = load_rows(data, prompt_style_for(cfg, model_path))
     out = Path(out_dir).resolve()
@@ -122,10 +120,10 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
     local_model = Path(model_path)
     model_ref = str(local_model.resolve()) if local_model.exists() else model_path
 
+    from toolace_r import ray_session, testing
     from toolace_r.console import Progress, watch
-    from toolace_r.driver import init_ray
 
-    init_ray(cfg)  # nothing when Ray is up (the driver's, a test's)
+    ray_session.start_or_join(cfg)  # nothing when Ray is up (the driver's, a test's)
     dataset = ray.data.from_items(
         [{"id": r["id"], "kind": r["kind"], "chat": json.dumps(r["chat"], ensure_ascii=False), "completion": r["completion"]}
          for r in rows])
@@ -150,7 +148,7 @@ def train(cfg: Config, model_path: str, data: str | list[dict], out_dir: str, *,
         train_loop_config={
             "cfg": cfg, "model_path": model_ref, "out_dir": str(out),
             "out_node": ray.get_runtime_context().get_node_id() if remote_out else "",  # OUT is this node's mirror
-            "fail_once_at_step": fail_once_at_step, "fail_marker": str(out / ".injected_failure") if fail_once_at_step else "",
+            **testing.train_fault(out),  # fault tests only: a worker fails once (toolace_r.testing)
         },
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
                                      resources_per_worker=resources, placement_strategy=tcfg.placement_strategy),

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from toolace_r import testing
 from toolace_r.config import Config, TrainConfig
 from toolace_r.errors import DataError
 from toolace_r.train.checkpoint import (
@@ -210,7 +211,6 @@ def _train_worker(config: dict) -> None:
     # --- loop ---------------------------------------------------------------------------------------------------
     ga = max(1, tcfg.grad_accum)
     log_every = max(1, total_steps // 20)
-    fail_at = int(config.get("fail_once_at_step") or 0)
     engine.train()
     for step in range(start_step, total_steps):
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -223,12 +223,7 @@ def _train_worker(config: dict) -> None:
                                      autocast=lambda: autocast_context(tcfg, device))
             real, pad, target = batch_stats(batch_examples)
             stats += torch.tensor([share, 1, real, pad, target, 0.0], dtype=torch.float64)
-        if fail_at and step + 1 == fail_at and config.get("fail_marker") and rank == world - 1:
-            marker = Path(config["fail_marker"])
-            if not marker.exists():  # fail once only: the marker survives the restart
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text(f"failed at step {step + 1}\n")
-                raise RuntimeError(f"injected failure at step {step + 1} (test of fault tolerance)")
+        testing.maybe_fail_step(config, step + 1, rank, world)  # fault tests only (toolace_r.testing)
         stats[5] = time.process_time() - cpu0
         stats = stats.to(device)
         dist.all_reduce(stats)
