@@ -54,7 +54,7 @@ def main() -> int:
         model, tok = state["model"], state["tokenizer"]
         t0 = time.time()
         results = adaptive_refine(model, tok, [RefineItem(s.tools, s.messages) for s in heldout], max_rounds=1,
-                                  max_new_tokens=96, style=cfg.model.prompt_style, batch_size=16)
+                                  max_new_tokens=96, style=cfg.model.prompt_style)
         verdicts = [check(r.answer, s.tools, s.truth, s.category) for r, s in zip(results, heldout)]
         by_cat: dict[str, list[bool]] = {}
         for s, v in zip(heldout, verdicts):

@@ -19,8 +19,8 @@ What runs, all through the project's code paths:
 - eval: `toolace_r.evaluate.evaluate` in-process (eval.num_actors=0) on the built-in held-out set, 13 items of each
   of its 5 categories (eval.limit is per category: 65 items), adaptive refinement on;
 - serve: 100 OpenAI chat-completion bodies through the replica's own path in-process — request validation
-  (`ChatCompletionRequest`, `build_job`), the continuous `BatchQueue`, `Engine.run`, `completion_response` — with
-  16-request batches; no HTTP (benchmarks/serve_load.py measures the HTTP side).
+  (`ChatCompletionRequest`, `build_job`), `ServingModel.submit` (the continuous engine), `completion_response` — with
+  up to 16 requests decoding at once; no HTTP (benchmarks/serve_load.py measures the HTTP side).
 Probe, eval and serve run in this process, so their peak memory is torch.cuda.max_memory_allocated here, reset
 before each. The plan column is `toolace-r plan`'s estimate (toolace_r.plan) for the same config, "–" where it
 has none.
@@ -170,8 +170,7 @@ def run_probe(cfg, model_dir: str, samples, gpu: Gpu) -> dict:
 
     pc = cfg.probe
     gen = dict(temperature=pc.generation.temperature, top_p=pc.generation.top_p,
-               max_new_tokens=pc.generation.max_new_tokens, seed=pc.generation.seed,
-               batch_size=pc.generation.batch_size)
+               max_new_tokens=pc.generation.max_new_tokens, seed=pc.generation.seed)
     actor = ProbeActor(model_dir, "compact", pc.k, gen, decoder=pc.decoder, dtype=cfg.model.dtype)
     gpu.reset()
     start = time.perf_counter()
@@ -217,31 +216,21 @@ def openai_bodies(samples, n: int, max_tokens: int) -> list[dict]:
 
 
 def run_serve(cfg, model_dir: str, samples, n_requests: int, gpu: Gpu) -> dict:
-    from concurrent.futures import ThreadPoolExecutor
-
     from toolace_r.config import ServeConfig
-    from toolace_r.serve.batching import BatchQueue
     from toolace_r.serve.convert import build_job, completion_response
-    from toolace_r.serve.engine import Engine
+    from toolace_r.serve.model import ServingModel
     from toolace_r.serve.schema import ChatCompletionRequest
 
     scfg = ServeConfig(model=model_dir, max_batch_size=16, max_new_tokens=cfg.eval.generation.max_new_tokens,
                        max_rounds=cfg.eval.max_rounds)
-    engine = Engine.load(model_dir, dtype=cfg.model.dtype)
+    served = ServingModel.load(model_dir, dtype=cfg.model.dtype, max_rows=scfg.max_batch_size)
     bodies = openai_bodies(samples, n_requests, scfg.max_new_tokens)
-    worker = ThreadPoolExecutor(max_workers=1)  # one thread owns the model, as in ToolaceServer
 
     async def main() -> list[dict]:
-        loop = asyncio.get_running_loop()
-        queue = BatchQueue(lambda jobs: loop.run_in_executor(worker, engine.run, jobs), scfg.max_batch_size,
-                           scfg.batch_wait_timeout_s)
-
         async def one(body: dict) -> dict:
             req = ChatCompletionRequest.model_validate(body, strict=True)
-            job, mode, name = build_job(req, scfg, engine)
-            out = await queue.submit(job)
-            if isinstance(out, BaseException):
-                raise out
+            job, mode, name = build_job(req, scfg, served)
+            out = await asyncio.wrap_future(served.submit(job))  # as ToolaceServer.generate: the engine's thread
             return completion_response(out, job, mode, name, scfg.model_name, req.parallel_tool_calls)
 
         return await asyncio.gather(*(one(b) for b in bodies))
@@ -250,10 +239,9 @@ def run_serve(cfg, model_dir: str, samples, n_requests: int, gpu: Gpu) -> dict:
     start = time.perf_counter()
     responses = asyncio.run(main())
     wall = time.perf_counter() - start
-    worker.shutdown()
     completion = sum(r["usage"]["completion_tokens"] for r in responses)
     return {"requests": len(responses), "wall_s": wall, "requests_per_s": len(responses) / wall,
-            "completion_tokens": completion, "tokens_per_s": completion / wall, "batches": engine.batches,
+            "completion_tokens": completion, "tokens_per_s": completion / wall, "engine_steps": served.steps,
             "peak_bytes": gpu.peak()}
 
 
@@ -296,7 +284,7 @@ def main() -> int:
         f"train.max_steps={steps}", "train.epochs=10", "train.checkpoint_every=0", "train.warmup_steps=2",
         "train.lr=1e-4", f"train.tokens_per_micro_batch={1024 if dry else 8192}", "train.max_length=1024",
         f"run.num_cpus={2 if dry else 0}",
-        f"probe.k={k}", f"probe.generation.max_new_tokens={gen_tokens}", "probe.generation.batch_size=64",
+        f"probe.k={k}", f"probe.generation.max_new_tokens={gen_tokens}",
         f"eval.generation.max_new_tokens={gen_tokens}", f"eval.limit={-(-n_eval // 5)}", "eval.num_actors=0",
         "eval.max_rounds=3", "eval.batch_size=64",
     ]
@@ -339,7 +327,7 @@ def main() -> int:
         entry["serve"]["plan_bytes"] = plan_estimate("serve", model_dir, cfg)
         s = entry["serve"]
         print(f"   serve: {s['requests']} requests in {s['wall_s']:.1f} s ({s['requests_per_s']:.1f} req/s, "
-              f"{s['batches']} batches), {s['tokens_per_s']:,.0f} completion tok/s, peak {gib(s['peak_bytes'])} "
+              f"{s['engine_steps']} engine steps), {s['tokens_per_s']:,.0f} completion tok/s, peak {gib(s['peak_bytes'])} "
               f"(plan {gib(s['plan_bytes'])})", flush=True)
     results["wall_s"] = time.perf_counter() - t_all
     print(f"total {results['wall_s']:.0f} s on {device_name}")

@@ -96,7 +96,7 @@ def with_model(model_dir: str, n_items: int) -> dict:
     for name, guided in (("plain", False), ("guided", True), ("plain_again", False), ("guided_again", True)):
         items = [RefineItem(s.tools, s.messages, constraint=_guided(s.tools) if guided else None) for s in held]
         c0 = time.process_time()
-        res = adaptive_refine(model, tok, items, max_rounds=1, max_new_tokens=96, style=style, batch_size=16)
+        res = adaptive_refine(model, tok, items, max_rounds=1, max_new_tokens=96, style=style)
         cpu = time.process_time() - c0
         tokens = sum(r.tokens for r in res)
         out[name] = {"cpu_s": round(cpu, 3), "tokens": tokens, "cpu_ms_per_token": round(1e3 * cpu / tokens, 3)}
@@ -104,7 +104,7 @@ def with_model(model_dir: str, n_items: int) -> dict:
         again = out.pop(f"{name}_again")
         out[name]["cpu_ms_per_token"] = min(out[name]["cpu_ms_per_token"], again["cpu_ms_per_token"])
     out["guided_overhead_ms_per_token"] = round(out["guided"]["cpu_ms_per_token"] - out["plain"]["cpu_ms_per_token"], 3)
-    return {"model": model_dir, "items": len(held), "max_new_tokens": 96, "batch_size": 16, **out}
+    return {"model": model_dir, "items": len(held), "max_new_tokens": 96, **out}
 
 
 def main() -> None:
