@@ -32,7 +32,8 @@ Arms:
 In-process arms start their clock after the model is loaded; the load (L) is reported apart.
 
 Headline: speedup_vs_batched_generate = engine ÷ best batched_generate (samples/s); scale_out_efficiency =
-ray_2x1 ÷ bare_2proc (samples/s); payback_pool_size: the pool at which Ray on 2 actors catches up with the in-process
+ray_2x1 ÷ bare_2proc (samples/s) on the largest pool measured (`scale_out_pool_size`: the demo's training pool in a full
+run, what each probe stage gets; every pool's figure is in `scale_out_efficiency_poolN`); payback_pool_size: the pool at which Ray on 2 actors catches up with the in-process
 engine on 1 thread, both paying their start-up: F + N / r_ray = L + N / r_engine, with r_ray = N_ray / (wall_ray − F)
 (Ray's steady rate) → N* = (F − L) / (1 / r_engine − 1 / r_ray).
 
@@ -406,6 +407,14 @@ def main() -> int:
         if f"bare_2proc_pool{size}" in arms:
             headline[f"scale_out_efficiency_pool{size}"] = round(
                 arms[f"ray_2x1_pool{size}"]["samples_per_s"] / arms[f"bare_2proc_pool{size}"]["samples_per_s"], 3)
+    if "scale_out_efficiency" in headline:
+        # the headline is measured on the pool a probe stage really gets (the demo's training pool, full run): the
+        # small pool's figure says mostly what start-up costs, which payback_pool_size says better
+        headline[f"scale_out_efficiency_pool{n}"] = headline["scale_out_efficiency"]
+        headline["scale_out_pool_size"] = n
+        for size in sorted((int(b) for b in bigs if f"scale_out_efficiency_pool{b}" in headline), reverse=True)[:1]:
+            headline["scale_out_efficiency"] = headline[f"scale_out_efficiency_pool{size}"]
+            headline["scale_out_pool_size"] = size
     print("\n| arm | samples | wall s | samples/s | tokens/s | pass rate |\n|---|---:|---:|---:|---:|---:|")
     for name, r in arms.items():
         if "wall_s" in r:

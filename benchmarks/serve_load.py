@@ -11,7 +11,9 @@ level is item i mod N, so both variants answer the same items.
 1. The engine alone, in this process (1 torch thread, like a 1-CPU replica): toolace_r.serve.model.ServingModel with
    the default `max_rows` (continuous batching within the KV budget) vs `max_rows=1` (one request at a time);
    `concurrency` client threads call `submit(job).result()` in a closed loop. `engine_batching_speedup` = requests/s
-   batched / unbatched at concurrency 16. The model thread's own CPU time per request is what the engine costs.
+   batched / unbatched at concurrency 16. The model thread's own CPU time per request is what the engine costs, split
+   by the engine's pass accounting into prefill (prompts, follow-up segments: compute no batch shares) and decoding;
+   `engine_batching_ceiling` is what batching could give at most with that split (batching_ceiling: Amdahl).
 2. Through Ray Serve over HTTP: one replica per variant (1 CPU, min = max = 1), `serve.batching=true` vs `false`
    (max_rows 1), side by side and measured in alternation; closed-loop clients with the official `openai` client
    (or `--client raw`). `batching_speedup` = requests/s with / without batching at concurrency 16. CPU per request of
@@ -175,7 +177,7 @@ def merge(parts: list[dict], solo: dict[int, float] | None = None) -> dict:
     if solo:
         slow = [lat_ / solo[i] for i, lat_, _ in done if i in solo]
         row["slowdown_p50"], row["slowdown_p99"] = statistics.median(slow), percentile(slow, 0.99)
-    for key in ("cpu", "tick"):
+    for key in ("cpu", "tick", "passes"):
         if key in parts[0]:
             row[key] = {k: sum(p[key][k] for p in parts) / len(lat) for k in parts[0][key]}  # per request
     return row
@@ -210,10 +212,16 @@ def engine_alone(model_dir: str, reqs: list[dict], max_rounds: int, sizes: dict[
             served = models[batched]
             tid = served._thread.native_id
             cpu0, proc0 = thread_cpu(tid), time.process_time()
+            kinds0 = {k: dict(vars(v)) for k, v in served.engine.pass_stats.items()}
             part = closed_loop(lambda i: served.submit(jobs[i % len(jobs)]).result().rounds, n, c,
                                f"engine {'batched' if batched else 'unbatched'} c={c}")
             part["cpu"] = {"model_thread_ms": 1000 * (thread_cpu(tid) - cpu0),
                            "process_ms": 1000 * (time.process_time() - proc0)}
+            kinds = {k: {f: v - kinds0[k][f] for f, v in vars(stats).items()}
+                     for k, stats in served.engine.pass_stats.items()}
+            part["passes"] = {"prefill_cpu_ms": 1000 * kinds["prefill"]["cpu_s"], "prefill_passes": kinds["prefill"]["passes"],
+                              "decode_cpu_ms": 1000 * kinds["decode"]["cpu_s"], "decode_passes": kinds["decode"]["passes"],
+                              "decode_rows": kinds["decode"]["rows"]}
             return part
 
         # every item alone first: what each costs without company (the slowdown reference)
@@ -231,7 +239,9 @@ def engine_alone(model_dir: str, reqs: list[dict], max_rounds: int, sizes: dict[
                 print(f"engine {'batched  ' if batched else 'unbatched'} c={c:2d}: {row['requests_per_s']:6.2f} req/s "
                       f" p50 {row['p50_ms']:6.0f} ms  p99 {row['p99_ms']:6.0f} ms  (p99/p50 {row['p99_over_p50']:.2f}, "
                       f"slowdown p50 {row['slowdown_p50']:.2f} p99 {row['slowdown_p99']:.2f})  model thread "
-                      f"{row['cpu']['model_thread_ms']:.1f} CPU ms/request", flush=True)
+                      f"{row['cpu']['model_thread_ms']:.1f} CPU ms/request (prefill {row['passes']['prefill_cpu_ms']:.1f}, "
+                      f"decode {row['passes']['decode_cpu_ms']:.1f}; rows/decode pass "
+                      f"{row['passes']['decode_rows'] / max(row['passes']['decode_passes'], 1e-9):.1f})", flush=True)
     finally:
         torch.set_num_threads(threads)
     solo_lat = list(solo.values())
@@ -240,6 +250,25 @@ def engine_alone(model_dir: str, reqs: list[dict], max_rounds: int, sizes: dict[
                                    "p99_over_p50": percentile(solo_lat, 0.99) / statistics.median(solo_lat),
                                    "model_thread_ms_per_request": solo_part["cpu"]["model_thread_ms"] / len(jobs)},
             "solo_latency_s": solo}
+
+
+def batching_ceiling(batched: dict, unbatched: dict) -> dict:
+    """What batching can give at most, from the engine's own pass accounting (per request, c16): prefill — the
+    prompt and each follow-up round's segment, fed apart — is compute a batch cannot share, so batching only makes
+    the decoding passes cheaper per row. Ceiling = unbatched CPU / (unbatched prefill + unbatched decode rows x the
+    batched run's CPU per decoded row) (Amdahl)."""
+    per_row = {name: p["decode_cpu_ms"] / max(p["decode_rows"], 1e-9) for name, p in
+               (("batched", batched), ("unbatched", unbatched))}
+    prefill, decode = unbatched["prefill_cpu_ms"], unbatched["decode_cpu_ms"]
+    return {
+        "engine_prefill_ms_per_request_c16_unbatched": prefill,
+        "engine_decode_ms_per_request_c16_unbatched": decode,
+        "engine_prefill_share_unbatched": prefill / (prefill + decode),
+        "engine_decode_ms_per_row_pass_batched": per_row["batched"],
+        "engine_decode_ms_per_row_pass_unbatched": per_row["unbatched"],
+        "engine_rows_per_decode_pass_c16_batched": batched["decode_rows"] / max(batched["decode_passes"], 1e-9),
+        "engine_batching_ceiling": (prefill + decode) / (prefill + unbatched["decode_rows"] * per_row["batched"]),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ through Serve
@@ -325,6 +354,7 @@ def main() -> None:
         "engine_solo_p99_over_p50": engine["solo"]["p99_over_p50"],
         "engine_model_thread_ms_per_request_c16_batched": erow(True, 16)["cpu"]["model_thread_ms"],
         "engine_model_thread_ms_per_request_c16_unbatched": erow(False, 16)["cpu"]["model_thread_ms"],
+        **batching_ceiling(erow(True, 16)["passes"], erow(False, 16)["passes"]),
     }
     rows: list[dict] = []
     if not args.skip_serve:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import sharp_llama
-from toolace_r.engine import Engine, Request, Sampling
+from toolace_r.engine import Engine, Request, Round, Sampling
 
 EOS = (1, 2, 3)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -95,6 +95,48 @@ def test_a_finished_row_is_taken_by_the_next_request_at_once(model):
     assert max(rows_seen) == 2
     assert finished["short"] < first_token["waiting"] <= finished["short"] + 1 < finished["long"]
     assert finished["waiting"] < finished["long"]  # it left before the request that was there first
+
+
+@torch.no_grad()
+def test_follow_up_rounds_prefilled_beside_decoding_rows_answer_as_their_prompts_alone(model):
+    """Follow-up rounds (a prompt that extends the row's sequence, the previous answer as a draft) of several requests
+    are prefilled, apart from the engine's cache, while other requests decode there: every round's answer equals
+    generate on that round's whole prompt alone, and the decoding rows' answers are unchanged. Prefilled apart, the
+    decoding rows gain no hole columns for the segments: the prefill passes never run on the engine's cache."""
+    prompts = _prompts(6, 11)
+    extra = list(range(4, 24))  # a 20-token refinement instruction
+    asked: dict[tuple[int, int], list[int]] = {}
+
+    def follow(i: int):
+        def next_round(j, rnd, ids, stopped):
+            if rnd == 3:
+                return None
+            asked[i, rnd + 1] = (asked.get((i, rnd)) or prompts[i]) + ids + extra
+            return Round(prompt=asked[i, rnd + 1], draft=ids if rnd == 1 else ids[:1] + [5, 6])
+        return next_round
+
+    engine = Engine(model, TOKENIZER)
+    requests = [_request(p, 30 if i < 2 else 6, next_round=None if i < 2 else follow(i)) for i, p in enumerate(prompts)]
+    main_calls = []
+    feed = type(engine.cache).feed
+
+    def counting(cache, *a, **kw):
+        main_calls.append((cache is engine.cache, cache.rows))
+        return feed(cache, *a, **kw)
+
+    type(engine.cache).feed = counting
+    try:
+        engine.run(requests)
+    finally:
+        type(engine.cache).feed = feed
+    for i, r in enumerate(requests[2:], 2):
+        assert r.answers[0] == [_alone(model, prompts[i], 6)] + [_alone(model, asked[i, k], 6) for k in (2, 3)]
+    for i in (0, 1):
+        assert requests[i].answers[0] == [_alone(model, prompts[i], 30)]
+    prefill_passes = engine.pass_stats["prefill"].passes
+    assert prefill_passes >= 1 + 4  # the first prompts, then follow-ups: rounds 2 and 3 of 4 requests, at least
+    on_main = sum(1 for is_main, _ in main_calls if is_main)
+    assert on_main == engine.pass_stats["decode"].passes + 1  # the first prefill only, into the empty cache
 
 
 @torch.no_grad()

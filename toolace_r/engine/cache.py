@@ -149,6 +149,24 @@ class GrowingLayer(_DynamicLayer):
         self._v[start:start + n, :, :width] = other._v[:n, :, :width]
         self._refresh()
 
+    def take(self, row: int, other: "GrowingLayer", src: int, columns: torch.Tensor) -> None:
+        """Row `row` gets `other`'s row `src` at its columns `columns`, packed at columns 0..; columns are added
+        (zeroed for the other rows) when this layer is narrower."""
+        if not other.is_initialized:
+            return
+        if not self.is_initialized:
+            self.lazy_initialization(other._k[:0, :, :0], other._v[:0, :, :0])
+        self.ensure_rows(max(self.selection.total, row + 1))
+        width = columns.numel()
+        if width > self._k.shape[-2]:
+            self._k, self._v = self._grown(self._k, max(width * 5 // 4, 64)), self._grown(self._v, max(width * 5 // 4, 64))
+        if width > self._len:
+            self._k[:, :, self._len:width], self._v[:, :, self._len:width] = 0, 0
+            self._len = width
+        self._k[row, :, :width] = other._k[src].index_select(1, columns)
+        self._v[row, :, :width] = other._v[src].index_select(1, columns)
+        self._refresh()
+
     def copy_rows(self, src: int, dsts: list[int]) -> None:
         if self.is_initialized:
             index = torch.tensor(dsts, dtype=torch.long, device=self._k.device)
@@ -161,8 +179,10 @@ class GrowingLayer(_DynamicLayer):
             return
         width, rows = columns.shape[1], self._rows
         index = columns[:, None, :, None].expand(-1, self._k.shape[1], -1, self._k.shape[3])
-        k = self._k.new_empty((self._k.shape[0], self._k.shape[1], max(width * 5 // 4, 64), self._k.shape[3]))
-        v = self._v.new_empty((self._v.shape[0], self._v.shape[1], max(width * 5 // 4, 64), self._v.shape[3]))
+        # the columns the rows will soon reach (the engine's hint), within what the buffer held: no growth right after
+        capacity = max(width * 5 // 4, 64, min(self._k.shape[-2], self.selection.columns_hint))
+        k = self._k.new_empty((self._k.shape[0], self._k.shape[1], capacity, self._k.shape[3]))
+        v = self._v.new_empty((self._v.shape[0], self._v.shape[1], capacity, self._v.shape[3]))
         k[:rows, :, :width] = torch.gather(self._k[:rows, :, :self._len], 2, index)
         v[:rows, :, :width] = torch.gather(self._v[:rows, :, :self._len], 2, index)
         self._k, self._v, self._len = k, v, width
@@ -235,7 +255,7 @@ class RowCache:
             layer.reserve_rows(capacity)
 
     def adopt(self, other: "RowCache") -> dict[int, int]:
-        """Take every row of `other` (prefilled apart, see Engine._prefill_new), their tokens at columns 0.. of rows
+        """Take every row of `other` (prefilled apart, see Engine._prefill), their tokens at columns 0.. of rows
         appended here. Returns other's row → its row here."""
         start = self.rows
         new = self.add_rows(other.rows)
@@ -247,6 +267,21 @@ class RowCache:
         for i, row in enumerate(new):
             self.seqs[row], self.slots[row] = other.seqs[i], other.slots[i]
         return dict(zip(range(other.rows), new))
+
+    def take_row(self, row: int, other: "RowCache", src: int) -> None:
+        """Row `row` (added, empty) takes row `src` of `other`: its sequence, its tokens packed at columns 0.. (a
+        follow-up round prefilled apart, see Engine._prefill). `other` keeps its row until it is released."""
+        slots = other.slots[src]
+        if len(slots) > self.width:
+            self.mask = torch.cat([self.mask, self.mask.new_zeros((self.rows, len(slots) - self.width))], dim=1)
+        columns = torch.tensor(slots, dtype=torch.long, device=self.device)
+        while len(self.cache.layers) < len(other.cache.layers):  # layers a model appended to its cache
+            self.cache.layers.append(GrowingLayer(self.selection))
+        for layer, theirs in zip(self.cache.layers, other.cache.layers):
+            layer.take(row, theirs, src, columns)
+        self.mask[row] = 0
+        self.mask[row, :len(slots)] = 1
+        self.seqs[row], self.slots[row] = list(other.seqs[src]), list(range(len(slots)))
 
     def release(self, row: int) -> int | None:
         """Give row r back: the last row moves into it (one row's copy). Returns the row that moved there (its old

@@ -3,8 +3,8 @@
 A request is a prompt (token ids), its sampling settings and `n` sequences to draw. The engine admits requests while
 the KV-cache budget allows (`kv_cache_tokens`: rows x reserved length, see `_fits`), and every `step()`:
 
-1. prefills what is new: the prompts of admitted requests and the follow-up rounds of running ones, in one pass over
-   those rows only (toolace_r.engine.cache: the rows that are decoding are not padded to the prompts' length);
+1. prefills what is new: the prompts of admitted requests and the follow-up rounds of running ones, together, in a
+   cache of their own (the rows that are decoding are not padded to the prompts' length, and gain no hole columns);
    a request with n > 1 is prefilled once and its row copied n - 1 times (one prefill, n continuations);
 2. decodes one token for every other running sequence, in one pass (a greedy follow-up round verifies a draft in the
    same pass: several tokens);
@@ -78,6 +78,18 @@ class RoundStats:
     cpu_s: float = 0.0  # this process's CPU time, shared the same way
 
 
+@dataclass
+class PassStats:
+    """What one kind of forward pass cost (prefill: prompts and follow-up rounds, fed apart; decode: one token, or a
+    verified draft, for every other running sequence). Prefill is compute the batch cannot share; decoding is what
+    batching makes cheaper per row (benchmarks/serve_load reads both)."""
+    passes: int = 0
+    rows: int = 0  # sequences fed, summed over the passes
+    tokens_fed: int = 0
+    time_s: float = 0.0
+    cpu_s: float = 0.0
+
+
 @dataclass(eq=False)
 class Request:
     """A submitted request: its sequences' answers (every round's token ids), filled in as they finish."""
@@ -142,6 +154,7 @@ class Engine:
         self.limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.cache = RowCache(model, self.pad_id)
         self.stats: dict[int, RoundStats] = {}
+        self.pass_stats = {"prefill": PassStats(), "decode": PassStats()}
         self._waiting: deque[Request] = deque()
         self._running: list[_Seq] = []
         self._lock = threading.Lock()
@@ -201,10 +214,7 @@ class Engine:
         self.cache.selection.columns_hint = self.cache.width + max(
             (len(s.segment) + len(s.proposal) + s.request.sampling.max_new_tokens - len(s.out)
              for s in self._running), default=0)
-        self._prefill_new()
-        prefill = [s for s in self._running if s.segment]  # follow-up rounds of running sequences
-        for chunk in _chunks(prefill, PREFILL_TOKENS):
-            self._pass(chunk, first=True)
+        self._prefill()
         decoding = [s for s in self._running if not s.segment and s.fork_of is None]
         if any(not s.proposal for s in decoding):
             # every row of a pass computes as many positions as the longest proposal: a sequence in its first round
@@ -256,21 +266,28 @@ class Engine:
             self._running.append(seq)
             self.stats.setdefault(1, RoundStats()).items += 1
 
-    def _prefill_new(self) -> None:
-        """Prefill the sequences admitted this step, each prefill group (_chunks) in a cache of its own, then move
-        their rows into the engine's cache: a prompt attends over its group's columns only (no holes of rows that are
-        decoding or of other groups), and a group is a consecutive range of rows (a view, not a gather). Copies of
-        an n > 1 request's row (its other sequences) are made there too."""
-        new = [s for s in self._running if s.cache is None]
-        if not new:
+    def _prefill(self) -> None:
+        """Prefill what is new this step: the prompts of admitted requests and the follow-up rounds of running
+        sequences, together, each prefill group (_chunks) in a cache of its own, then move their rows into the
+        engine's cache. A follow-up round takes its row's kept prefix along (one row's copy, packed to the left).
+
+        Why apart: a pass appends its columns to every row of the cache it runs on. Prefilled in the engine's cache,
+        a 100-token follow-up segment would give every other row 100 hole columns, which every later decoding pass
+        reads until a compaction copies the whole cache. Apart, a prompt attends over its group's columns only, the
+        engine's cache grows by the decoded tokens alone, and a group is a consecutive range of rows when it comes
+        back (a view, not a gather). Copies of an n > 1 request's row (its other sequences) are made there too."""
+        firsts = [s for s in self._running if s.fork_of is None and (s.cache is None or s.segment)]
+        if not firsts:
             return
-        self.cache.reserve_rows(self.cache.rows + len(new))
-        firsts = [s for s in new if s.fork_of is None]
+        self.cache.reserve_rows(self.cache.rows + sum(1 for s in self._running if s.cache is None))
         for chunk in _chunks(firsts, PREFILL_TOKENS):
             empty = self.cache.rows == 0 and self.cache.width == 0
             side = self.cache if empty else RowCache(self.model, self.pad_id)
-            members = chunk + [f for s in chunk for f in new if f.fork_of is s]
+            members = chunk + [f for s in chunk for f in self._running if f.fork_of is s]
             for seq, row in zip(members, side.add_rows(len(members))):
+                if seq.cache is not None:  # a follow-up round: its prefix comes along, its row here is freed
+                    side.take_row(row, seq.cache, seq.row)
+                    self._free_row(seq)
                 seq.row, seq.cache = row, side
             self._pass(chunk, first=True)
             if side is not self.cache:
@@ -323,7 +340,11 @@ class Engine:
                 self._fail(seq.request, err)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self._account(rounds, fed, time.perf_counter() - wall, time.process_time() - cpu)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self._account(rounds, fed, wall, cpu)
+        kind = self.pass_stats["prefill" if first else "decode"]
+        kind.passes, kind.rows, kind.tokens_fed = kind.passes + 1, kind.rows + len(seqs), kind.tokens_fed + sum(fed)
+        kind.time_s, kind.cpu_s = kind.time_s + wall, kind.cpu_s + cpu
 
     def _accept(self, seq: _Seq, window: torch.Tensor, preds: list[int], first: bool) -> None:
         limit = seq.request.sampling.max_new_tokens
@@ -388,15 +409,19 @@ class Engine:
     def _leave(self, seq: _Seq) -> None:
         self._running.remove(seq)
         if seq.cache is not None:
-            moved = seq.cache.release(seq.row)
-            if moved is not None:  # the last row now sits in the freed one
-                next(s for s in self._running if s.cache is seq.cache and s.row == moved).row = seq.row
+            self._free_row(seq)
         for fork in [s for s in self._running if s.fork_of is seq]:  # cancelled before its prefill
             fork.request.stopped[fork.j] = True
             self._leave(fork)
         request = seq.request
         if not any(s.request is request for s in self._running) and not _pending(request):
             self._finish_request(request)
+
+    def _free_row(self, seq: _Seq) -> None:
+        """Give seq's row back to its cache; the cache's last row moves into it (see RowCache.release)."""
+        moved = seq.cache.release(seq.row)
+        if moved is not None:
+            next(s for s in self._running if s is not seq and s.cache is seq.cache and s.row == moved).row = seq.row
 
     def _fail(self, request: Request, err: BaseException) -> None:
         request.error = err
