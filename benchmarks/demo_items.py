@@ -1,7 +1,8 @@
 """The demo's trained model and its held-out test items, for the benchmarks that measure a trained model
 (refine_cost, serve_load).
 
-`demo_model()` is the first of DEMO_MODELS that exists (the last model of a `make demo` run); `demo_items(model_dir)`
+`demo_model()` is the final model of this checkout's `make demo` run (runs/demo/report.json's final_model_dir: the
+model chosen on dev), else the first of DEMO_MODELS that exists (demo runs elsewhere on this machine); `demo_items(model_dir)`
 the held-out split of the built-in pool that run was evaluated on (its RUN_DIR/config.yaml: pool.builtin, and
 eval.generation.max_new_tokens), so the items and the answer length are the demo's own. A model dir that is not in a
 run dir gets the built-in pool's defaults.
@@ -15,9 +16,16 @@ from typing import Any
 DEMO_MODELS = ("/tmp/s5/demo/runs/demo/iter_002/model", "/tmp/fresh7/runs/demo/iter_002/model")
 
 
+REPORT = Path(__file__).resolve().parents[1] / "runs" / "demo" / "report.json"
+
+
 def demo_model() -> str | None:
     """The demo's trained model, or None when no demo run is on this machine."""
-    return next((m for m in DEMO_MODELS if (Path(m) / "config.json").is_file()), None)
+    import json
+
+    final = json.loads(REPORT.read_text()).get("final_model_dir") if REPORT.is_file() else None
+    candidates = ([final] if final else []) + list(DEMO_MODELS)
+    return next((str(m) for m in candidates if (Path(m) / "config.json").is_file()), None)
 
 
 def run_config(model_dir: str) -> dict[str, Any]:

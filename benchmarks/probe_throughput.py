@@ -4,8 +4,8 @@
 
 Same model, same prompts, same sampling in every arm: jobs/demo.yaml's probe (k = 3, temperature 0.7, top_p 0.95,
 max_new_tokens 80, probe.decoder), every answer parsed and judged by toolace_r.calls.check, torch pinned to 1 thread
-in every process. The model: `--model DIR`, else the demo's trained model (/tmp/s5/demo/runs/demo/iter_002/model,
-else /tmp/fresh7/runs/demo/iter_002/model: answers end at EOS after ~35 tokens), else a tiny random-init Llama built
+in every process. The model: `--model DIR`, else the demo's trained model (benchmarks/demo_items.demo_model: this checkout's
+`make demo` final model, else a demo run elsewhere on this machine; answers end at EOS after ~35 tokens), else a tiny random-init Llama built
 here (its answers run to max_new_tokens); the JSON says which. The pool: the dev split (200, carved as the driver
 does) and the 500 held-out test samples of the demo's built-in pool, interleaved, first FULL_POOL of them (4 Ray
 batches of probe.batch_size = 128: 2 per actor), rendered in the model's own prompt style (its toolace_r.json).
@@ -56,11 +56,10 @@ from pathlib import Path
 
 LOAD_START = os.getloadavg()
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 os.environ["PYTHONPATH"] = f"{REPO}:{os.environ.get('PYTHONPATH', '')}"  # Ray workers import the project
 
 DEMO_CONFIG = REPO / "jobs" / "demo.yaml"
-DEMO_MODELS = ["/tmp/s5/demo/runs/demo/iter_002/model", "/tmp/fresh7/runs/demo/iter_002/model"]
 FULL_POOL = 512  # of the 700 dev + test samples: 4 Ray batches of probe.batch_size 128, 2 per actor
 FULL_BATCHES = (8, 16, 32)
 FULL_KV = (0.04, 0.08)
@@ -80,9 +79,11 @@ def pick_model(arg: str | None, work: Path, cfg) -> tuple[str, str]:
     """(model dir, what it is)."""
     if arg:
         return arg, f"--model {arg}"
-    for path in DEMO_MODELS:
-        if (Path(path) / "config.json").is_file():
-            return path, f"the demo's trained model ({path})"
+    from demo_items import demo_model
+
+    path = demo_model()
+    if path:
+        return path, f"the demo's trained model ({path})"
     from toolace_r.config import TinyModelConfig
     from toolace_r.data.pool import load_builtin, pool_texts
     from toolace_r.models import build_tiny_model

@@ -2,8 +2,8 @@
 
     python benchmarks/refine_cost.py [--quick] [--model DIR] [--items N] [--repeats N] [--out FILE]
 
-Model: `--model DIR`, else the demo's trained model (benchmarks/demo_items.DEMO_MODELS, the first that exists: the
-last model of a `make demo` run), else a tiny Llama this script trains itself (1 M params, plain torch, bf16 autocast,
+Model: `--model DIR`, else the demo's trained model (benchmarks/demo_items.demo_model: the final model of
+a `make demo` run), else a tiny Llama this script trains itself (1 M params, plain torch, bf16 autocast,
 on the built-in pool: direct samples plus self-refinement samples). Items: the demo run's held-out test split (its
 RUN_DIR/config.yaml's pool.builtin; the built-in defaults otherwise), rendered in the model's own prompt style
 (toolace_r.json), greedy, the run's eval max_new_tokens (96), at most 3 rounds, on one engine per call of

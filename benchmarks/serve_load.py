@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py [--quick] [--model DIR] [--client openai|raw] [--items N] [--out FILE]
 
-Model: `--model DIR`, else the demo's trained model (benchmarks/demo_items.DEMO_MODELS, the first that exists), else
+Model: `--model DIR`, else the demo's trained model (benchmarks/demo_items.demo_model), else
 tests/serve_model.py's tiny model that memorised a few tool-calling dialogues. Requests: the demo run's held-out test
 items (benchmarks/demo_items), each as an OpenAI chat request with its tools, greedy, `max_tokens` = the run's eval
 max_new_tokens (96), `max_refine_rounds` 3 (adaptive: the server stops when two rounds agree). Request i of every
