@@ -290,7 +290,9 @@ class Engine:
                     self._free_row(seq)
                 seq.row, seq.cache = row, side
             self._pass(chunk, first=True)
-            if side is not self.cache:
+            if side is not self.cache and self.cache.rows == 0:
+                self.cache = side  # every row it held came here: its columns would be holes only
+            elif side is not self.cache:
                 moved = self.cache.adopt(side)
                 for seq in self._running:
                     if seq.cache is side:
