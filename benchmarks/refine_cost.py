@@ -385,7 +385,8 @@ def main() -> int:
     if "adaptive_reuse" in results:
         headline["reuse_saving"] = 1 - results["adaptive_reuse"]["cpu_s"] / plain["cpu_s"]
         headline["draft_saving_on_top"] = 1 - best["cpu_s"] / results["adaptive_reuse"]["cpu_s"]
-    headline["time_saving_over_skipped_rounds_share"] = time_saving / headline["skipped_rounds_share"]
+    if headline["skipped_rounds_share"] > 0:  # 0: adaptive never stopped early
+        headline["time_saving_over_skipped_rounds_share"] = time_saving / headline["skipped_rounds_share"]
     if "fixed3_plain" in results:
         saving_plain = 1 - plain["cpu_s"] / results["fixed3_plain"]["cpu_s"]
         headline["time_saving_plain"] = saving_plain

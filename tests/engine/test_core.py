@@ -140,6 +140,33 @@ def test_follow_up_rounds_prefilled_beside_decoding_rows_answer_as_their_prompts
 
 
 @torch.no_grad()
+def test_a_request_failing_in_one_prefill_group_leaves_its_other_groups_and_the_batch_intact(model, monkeypatch):
+    """Follow-up rounds of one request fall into two prefill groups; its callback fails in the first group's pass:
+    the request fails alone (its other sequence, already grouped, is not prefilled from a row it gave back), and a
+    request decoding beside it answers as it would alone."""
+    from toolace_r.engine import core
+
+    monkeypatch.setattr(core, "PREFILL_TOKENS", 4)  # every follow-up round in a group of its own
+    failing_prompt, other_prompt = _prompts(2, 12)
+
+    def next_round(j, rnd, ids, stopped):
+        return Round(prompt=failing_prompt + ids + [4, 5, 6]) if rnd == 1 else None
+
+    def on_tokens(j, rnd, ids):
+        if rnd == 2 and j == 0:
+            raise RuntimeError("client callback failed")
+        return False
+
+    failing = _request(failing_prompt, 3, n=2, next_round=next_round, on_tokens=on_tokens)
+    other = _request(other_prompt, 30)
+    engine = Engine(model, TOKENIZER)
+    engine.run([failing, other])
+    assert isinstance(failing.error, RuntimeError) and failing.done
+    assert other.error is None and other.answers[0] == [_alone(model, other_prompt, 30)]
+    assert engine.cache.rows == 0
+
+
+@torch.no_grad()
 def test_a_request_cancelled_mid_batch_stops_and_the_others_answer_as_before(model):
     prompts = _prompts(4, 5)
     reference = Engine(model, TOKENIZER).run([_request(p, 20) for p in prompts])

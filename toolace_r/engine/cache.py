@@ -91,8 +91,8 @@ class GrowingLayer(_DynamicLayer):
         self.ensure_rows(self.selection.total or key_states.shape[0])  # no RowCache around it: the batch's rows
         need = self._len + key_states.shape[-2]
         if need > self._k.shape[-2]:
-            # a quarter more, not double: the buffer stays within 1.25x of what the rows hold (the engine's
-            # budget counts rows x length), and the copy while growing is transient
+            # a quarter more, not double (the engine's budget counts rows x length; the copy while growing is
+            # transient), or at once to the columns the engine expects the rows to reach (its hint, at most 2x)
             capacity = max(need, self._k.shape[-2] * 5 // 4, min(self.selection.columns_hint, 2 * need), 64)
             self._k, self._v = self._grown(self._k, capacity), self._grown(self._v, capacity)
         if rows is None:

@@ -4,7 +4,8 @@ A request is a prompt (token ids), its sampling settings and `n` sequences to dr
 the KV-cache budget allows (`kv_cache_tokens`: rows x reserved length, see `_fits`), and every `step()`:
 
 1. prefills what is new: the prompts of admitted requests and the follow-up rounds of running ones, together, in a
-   cache of their own (the rows that are decoding are not padded to the prompts' length, and gain no hole columns);
+   cache of their own (the rows that are decoding are not padded to the prompts' length, and gain hole columns only
+   where the prefilled rows come back wider than the cache);
    a request with n > 1 is prefilled once and its row copied n - 1 times (one prefill, n continuations);
 2. decodes one token for every other running sequence, in one pass (a greedy follow-up round verifies a draft in the
    same pass: several tokens);
@@ -274,13 +275,16 @@ class Engine:
         Why apart: a pass appends its columns to every row of the cache it runs on. Prefilled in the engine's cache,
         a 100-token follow-up segment would give every other row 100 hole columns, which every later decoding pass
         reads until a compaction copies the whole cache. Apart, a prompt attends over its group's columns only, the
-        engine's cache grows by the decoded tokens alone, and a group is a consecutive range of rows when it comes
-        back (a view, not a gather). Copies of an n > 1 request's row (its other sequences) are made there too."""
+        engine's cache grows by the decoded tokens (and by what a prefilled row is wider than the cache, when it
+        is), and a group is a consecutive range of rows when it comes back (a view, not a gather). Copies of an n > 1 request's row (its other sequences) are made there too."""
         firsts = [s for s in self._running if s.fork_of is None and (s.cache is None or s.segment)]
         if not firsts:
             return
         self.cache.reserve_rows(self.cache.rows + sum(1 for s in self._running if s.cache is None))
         for chunk in _chunks(firsts, PREFILL_TOKENS):
+            chunk = [s for s in chunk if s in self._running]  # an earlier chunk's pass may have failed its request
+            if not chunk:
+                continue
             empty = self.cache.rows == 0 and self.cache.width == 0
             side = self.cache if empty else RowCache(self.model, self.pad_id)
             members = chunk + [f for s in chunk for f in self._running if f.fork_of is s]
