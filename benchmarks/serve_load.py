@@ -219,9 +219,10 @@ def engine_alone(model_dir: str, reqs: list[dict], max_rounds: int, sizes: dict[
                            "process_ms": 1000 * (time.process_time() - proc0)}
             kinds = {k: {f: v - kinds0[k][f] for f, v in vars(stats).items()}
                      for k, stats in served.engine.pass_stats.items()}
-            part["passes"] = {"prefill_cpu_ms": 1000 * kinds["prefill"]["cpu_s"], "prefill_passes": kinds["prefill"]["passes"],
-                              "decode_cpu_ms": 1000 * kinds["decode"]["cpu_s"], "decode_passes": kinds["decode"]["passes"],
-                              "decode_rows": kinds["decode"]["rows"]}
+            prefill, decode = kinds["prefill"], kinds["decode"]
+            part["passes"] = {"prefill_cpu_ms": 1000 * prefill["cpu_s"], "prefill_passes": prefill["passes"],
+                              "decode_cpu_ms": 1000 * decode["cpu_s"], "decode_passes": decode["passes"],
+                              "decode_rows": decode["rows"]}
             return part
 
         # every item alone first: what each costs without company (the slowdown reference)
@@ -239,9 +240,10 @@ def engine_alone(model_dir: str, reqs: list[dict], max_rounds: int, sizes: dict[
                 print(f"engine {'batched  ' if batched else 'unbatched'} c={c:2d}: {row['requests_per_s']:6.2f} req/s "
                       f" p50 {row['p50_ms']:6.0f} ms  p99 {row['p99_ms']:6.0f} ms  (p99/p50 {row['p99_over_p50']:.2f}, "
                       f"slowdown p50 {row['slowdown_p50']:.2f} p99 {row['slowdown_p99']:.2f})  model thread "
-                      f"{row['cpu']['model_thread_ms']:.1f} CPU ms/request (prefill {row['passes']['prefill_cpu_ms']:.1f}, "
-                      f"decode {row['passes']['decode_cpu_ms']:.1f}; rows/decode pass "
-                      f"{row['passes']['decode_rows'] / max(row['passes']['decode_passes'], 1e-9):.1f})", flush=True)
+                      f"{row['cpu']['model_thread_ms']:.1f} CPU ms/request (prefill "
+                      f"{row['passes']['prefill_cpu_ms']:.1f}, decode {row['passes']['decode_cpu_ms']:.1f}; "
+                      f"rows/decode pass {row['passes']['decode_rows'] / max(row['passes']['decode_passes'], 1e-9):.1f})",
+                      flush=True)
     finally:
         torch.set_num_threads(threads)
     solo_lat = list(solo.values())

@@ -137,32 +137,31 @@ class GrowingLayer(_DynamicLayer):
         if not other.is_initialized:
             return
         n, width = other._rows, other._len
-        if not self.is_initialized:
-            self.lazy_initialization(other._k[:0, :, :0], other._v[:0, :, :0])
-            self.ensure_rows(max(self.selection.total, start + n))
-        if width > self._k.shape[-2]:
-            self._k, self._v = self._grown(self._k, width * 5 // 4), self._grown(self._v, width * 5 // 4)
-        if width > self._len:
-            self._k[:, :, self._len:width], self._v[:, :, self._len:width] = 0, 0
-            self._len = width
+        self._make_room(other, start + n, width)
         self._k[start:start + n, :, :width] = other._k[:n, :, :width]
         self._v[start:start + n, :, :width] = other._v[:n, :, :width]
         self._refresh()
+
+    def _make_room(self, like: "GrowingLayer", rows: int, width: int) -> None:
+        """At least `rows` rows and `width` columns in use (initialised like `like` if this layer is not yet), before
+        another layer's rows are copied in; columns added are zeroed in every row (holes must be finite)."""
+        if not self.is_initialized:
+            self.lazy_initialization(like._k[:0, :, :0], like._v[:0, :, :0])
+        self.ensure_rows(max(self.selection.total, rows))
+        if width > self._k.shape[-2]:
+            capacity = max(width * 5 // 4, 64)
+            self._k, self._v = self._grown(self._k, capacity), self._grown(self._v, capacity)
+        if width > self._len:
+            self._k[:, :, self._len:width], self._v[:, :, self._len:width] = 0, 0
+            self._len = width
 
     def take(self, row: int, other: "GrowingLayer", src: int, columns: torch.Tensor) -> None:
         """Row `row` gets `other`'s row `src` at its columns `columns`, packed at columns 0..; columns are added
         (zeroed for the other rows) when this layer is narrower."""
         if not other.is_initialized:
             return
-        if not self.is_initialized:
-            self.lazy_initialization(other._k[:0, :, :0], other._v[:0, :, :0])
-        self.ensure_rows(max(self.selection.total, row + 1))
         width = columns.numel()
-        if width > self._k.shape[-2]:
-            self._k, self._v = self._grown(self._k, max(width * 5 // 4, 64)), self._grown(self._v, max(width * 5 // 4, 64))
-        if width > self._len:
-            self._k[:, :, self._len:width], self._v[:, :, self._len:width] = 0, 0
-            self._len = width
+        self._make_room(other, row + 1, width)
         self._k[row, :, :width] = other._k[src].index_select(1, columns)
         self._v[row, :, :width] = other._v[src].index_select(1, columns)
         self._refresh()
@@ -279,8 +278,7 @@ class RowCache:
             self.cache.layers.append(GrowingLayer(self.selection))
         for layer, theirs in zip(self.cache.layers, other.cache.layers):
             layer.take(row, theirs, src, columns)
-        self.mask[row] = 0
-        self.mask[row, :len(slots)] = 1
+        self.mask[row, :len(slots)] = 1  # an added row's mask is all zeros
         self.seqs[row], self.slots[row] = list(other.seqs[src]), list(range(len(slots)))
 
     def release(self, row: int) -> int | None:

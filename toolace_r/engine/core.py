@@ -276,7 +276,8 @@ class Engine:
         a 100-token follow-up segment would give every other row 100 hole columns, which every later decoding pass
         reads until a compaction copies the whole cache. Apart, a prompt attends over its group's columns only, the
         engine's cache grows by the decoded tokens (and by what a prefilled row is wider than the cache, when it
-        is), and a group is a consecutive range of rows when it comes back (a view, not a gather). Copies of an n > 1 request's row (its other sequences) are made there too."""
+        is), and a group is a consecutive range of rows when it comes back (a view, not a gather). Copies of an
+        n > 1 request's row (its other sequences) are made there too."""
         firsts = [s for s in self._running if s.fork_of is None and (s.cache is None or s.segment)]
         if not firsts:
             return
@@ -346,11 +347,7 @@ class Engine:
                 self._fail(seq.request, err)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        self._account(rounds, fed, wall, cpu)
-        kind = self.pass_stats["prefill" if first else "decode"]
-        kind.passes, kind.rows, kind.tokens_fed = kind.passes + 1, kind.rows + len(seqs), kind.tokens_fed + sum(fed)
-        kind.time_s, kind.cpu_s = kind.time_s + wall, kind.cpu_s + cpu
+        self._account(rounds, fed, time.perf_counter() - wall, time.process_time() - cpu, first)
 
     def _accept(self, seq: _Seq, window: torch.Tensor, preds: list[int], first: bool) -> None:
         limit = seq.request.sampling.max_new_tokens
@@ -464,8 +461,12 @@ class Engine:
         if self.cache.excess() > 0.25:
             self.cache.compact()
 
-    def _account(self, rounds: list[int], fed: list[int], wall: float, cpu: float) -> None:
-        """Charge a pass to the round numbers of the sequences in it: each round once per pass, time by rows."""
+    def _account(self, rounds: list[int], fed: list[int], wall: float, cpu: float, first: bool) -> None:
+        """Charge a pass to its kind (prefill or decode) and to the round numbers of the sequences in it: each round
+        once per pass, time by rows."""
+        kind = self.pass_stats["prefill" if first else "decode"]
+        kind.passes, kind.rows, kind.tokens_fed = kind.passes + 1, kind.rows + len(rounds), kind.tokens_fed + sum(fed)
+        kind.time_s, kind.cpu_s = kind.time_s + wall, kind.cpu_s + cpu
         for rnd in set(rounds):
             share = rounds.count(rnd) / len(rounds)
             stats = self.stats.setdefault(rnd, RoundStats())
